@@ -1,0 +1,1 @@
+"""compdiff: compositional generation with diffusion models."""
