@@ -14,12 +14,14 @@ import importlib
 import sys
 from typing import Sequence
 
+from compdiff.errors import InputError
+
 #: sub-command modules, in the order ``--help`` lists them
 COMMANDS = ("explain", "sample", "train", "eval", "world")
 
 
-class UsageError(ValueError):
-    """Bad input from the user: exit code 2, one-line message."""
+class UsageError(InputError):
+    """Bad command-line input: exit code 2, one-line message."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("compdiff: interrupted", file=sys.stderr)
         return 130
-    except ValueError as e:  # ParseError, UsageError and other bad input
+    except InputError as e:  # ParseError, UsageError and other bad input
         _print_error(e)
         return 2
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
