@@ -1,0 +1,18 @@
+"""The synthetic scene world (layer 7): scenes, renderer, concept tasks, datasets.
+
+Knows nothing of models. Main names::
+
+    Scene, Obj, SHAPES, COLORS, SIZES, MATERIALS, sample_scenes, scene_at
+    render(scenes, resolution) -> (N, 3, R, R) in [-1, 1]
+    get_task("objects" | "relations" | "attributes") -> Task
+    WorldDataset(task, resolution, seed, null_prob=0.1, length=..., joint=False)
+"""
+from compdiff.world.dataset import JointSample, Sample, WorldDataset
+from compdiff.world.render import render, to_uint8
+from compdiff.world.scene import (COLORS, EXTENT, MATERIALS, SHAPES, SIZES, ZOOM, Obj,
+                                  Scene, sample_scenes, scene_at)
+from compdiff.world.tasks import TASKS, Task, TaskEncoder, get_task
+
+__all__ = ["Obj", "Scene", "SHAPES", "COLORS", "SIZES", "MATERIALS", "EXTENT", "ZOOM",
+           "sample_scenes", "scene_at", "render", "to_uint8", "get_task", "Task",
+           "TaskEncoder", "TASKS", "WorldDataset", "Sample", "JointSample"]

@@ -1,0 +1,110 @@
+"""``WorldDataset``: (image, condition row, is_null) pairs, deterministic per index.
+
+Sample ``i`` depends only on ``(seed, i)``: the scene is ``task.scene(seed, i)``
+(``scene_at(seed, i, ...)``) and the label is drawn from its own generator
+seeded with ``[seed, i, 1]`` (first the null-dropout coin, then the concept),
+so the same index gives the same sample in any order and training resumes
+exactly. ``batch(indices)`` renders all scenes in one vectorised call and
+equals stacking ``__getitem__``.
+
+Return types (NamedTuples, so they unpack like tuples):
+
+- ``joint=False``: ``Sample(image (3,R,R) float32 in [-1,1], cond (D,),
+  is_null bool)``; with is_null the cond is the task's null row.
+  ``batch`` -> ``Sample(images (B,3,R,R), cond (B,D), is_null (B,) bool)``.
+- ``joint=True``: ``JointSample(image, cond (Kmax,D), mask (Kmax,) bool)``:
+  all concepts true in the scene (``task.true_concepts``, canonical order),
+  padded with null rows; ``mask`` marks the real rows (``mask.sum()`` is the
+  count). ``Kmax = max_concepts`` or ``task.max_true()`` (objects 5, relations
+  40, attributes 4). When more are true than Kmax, a random subset (drawn
+  from the label generator, kept in canonical order) is returned. No null
+  dropout in joint mode. ``batch`` stacks to (B,Kmax,D) and (B,Kmax).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from compdiff.world.render import render
+from compdiff.world.scene import Scene
+from compdiff.world.tasks import Task, get_task
+
+
+class Sample(NamedTuple):
+    image: Tensor   # (3, R, R) or (B, 3, R, R)
+    cond: Tensor    # (D,) or (B, D)
+    is_null: bool | Tensor  # bool, or (B,) bool
+
+
+class JointSample(NamedTuple):
+    image: Tensor   # (3, R, R) or (B, 3, R, R)
+    cond: Tensor    # (Kmax, D) or (B, Kmax, D)
+    mask: Tensor    # (Kmax,) or (B, Kmax) bool
+
+
+class WorldDataset(Dataset):
+    def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
+                 length: int = 100_000, joint: bool = False,
+                 max_concepts: int | None = None) -> None:
+        self.task = get_task(task)
+        if not 0.0 <= null_prob <= 1.0:
+            raise ValueError(f"null_prob must be in [0, 1], got {null_prob}")
+        if length < 1 or seed < 0:
+            raise ValueError("need length >= 1 and seed >= 0")
+        self.resolution, self.seed, self.null_prob = int(resolution), int(seed), null_prob
+        self.length, self.joint = int(length), joint
+        self.max_concepts = int(max_concepts or self.task.max_true())
+
+    def __len__(self) -> int:
+        return self.length
+
+    def scene(self, index: int) -> Scene:
+        return self.task.scene(self.seed, self._check(index))
+
+    def _check(self, index: int) -> int:
+        index = int(index)
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range [0, {self.length})")
+        return index
+
+    def _label(self, index: int, scene: Scene) -> tuple[Tensor, bool | Tensor]:
+        rng = np.random.default_rng([self.seed, index, 1])
+        if self.joint:
+            true = self.task.true_concepts(scene)
+            if len(true) > self.max_concepts:
+                keep = np.sort(rng.permutation(len(true))[: self.max_concepts])
+                true = [true[k] for k in keep]
+            cond = self.task.null_row().repeat(self.max_concepts, 1)
+            if true:
+                cond[: len(true)] = self.task.to_tensor(true)
+            mask = torch.zeros(self.max_concepts, dtype=torch.bool)
+            mask[: len(true)] = True
+            return cond, mask
+        is_null = bool(rng.random() < self.null_prob)
+        concept = self.task.sample_concept(scene, rng)  # drawn even if null: fixed stream
+        row = self.task.null_row() if is_null else self.task.to_tensor([concept])
+        return row[0], is_null
+
+    def __getitem__(self, index: int) -> Sample | JointSample:
+        index = self._check(index)
+        scene = self.task.scene(self.seed, index)
+        cond, flag = self._label(index, scene)
+        image = render([scene], self.resolution)[0]
+        return (JointSample if self.joint else Sample)(image, cond, flag)
+
+    def batch(self, indices: Sequence[int] | Tensor) -> Sample | JointSample:
+        """All ``indices`` at once: one render call; equals stacking __getitem__."""
+        idx = [self._check(i) for i in (indices.tolist() if isinstance(indices, Tensor)
+                                        else indices)]
+        scenes = [self.task.scene(self.seed, i) for i in idx]
+        labels = [self._label(i, s) for i, s in zip(idx, scenes)]
+        images = render(scenes, self.resolution)
+        cond = torch.stack([c for c, _ in labels]) if labels else \
+            torch.zeros((0, *self.task.null_row().shape[1:]), dtype=self.task.dtype)
+        if self.joint:
+            return JointSample(images, cond, torch.stack([m for _, m in labels]))
+        return Sample(images, cond, torch.tensor([f for _, f in labels], dtype=torch.bool))

@@ -1,0 +1,75 @@
+"""The ``attributes`` task (the paper's face attributes, in this world).
+
+Scenes use the ``"centered"`` layout: one main object, drawn large. A concept
+is one attribute value, text one word from ``VOCAB = SHAPES + COLORS + SIZES
++ MATERIALS`` (case-insensitive; surrounding spaces ignored). Tensor: int64
+``(K, 1)``, the 1-based index into ``VOCAB``; the null row is 0.
+``holds(word, scene)``: the main object (``scene.objects[0]``) has that value.
+This is where ``red AND cube AND NOT metal`` is asked of one object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
+from compdiff.world.tasks.base import Task, parse_error
+
+VOCAB = SHAPES + COLORS + SIZES + MATERIALS
+KIND = {**{w: "shape" for w in SHAPES}, **{w: "color" for w in COLORS},
+        **{w: "size" for w in SIZES}, **{w: "material" for w in MATERIALS}}
+_ACCEPTED = ("one word: shape " + ", ".join(SHAPES) + "; color " + ", ".join(COLORS)
+             + "; size " + ", ".join(SIZES) + "; material " + ", ".join(MATERIALS))
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute value, e.g. Attribute("red"); ``kind`` is its category."""
+
+    word: str
+
+    @property
+    def kind(self) -> str:
+        return KIND[self.word]
+
+
+class AttributesTask(Task[Attribute]):
+    name = "attributes"
+    layout = "centered"
+    min_objects, max_objects = 1, 1
+    row_dim = 1
+
+    def parse(self, text: str) -> Attribute:
+        word = text.strip().lower()
+        if word not in KIND:
+            col = len(text) - len(text.lstrip())
+            what = "empty attribute" if not word else f"unknown attribute {text.strip()!r}"
+            raise parse_error(text, col, what, _ACCEPTED)
+        return Attribute(word)
+
+    def format(self, concept: Attribute) -> str:
+        return concept.word
+
+    def holds(self, concept: Attribute, scene: Scene) -> bool:
+        return getattr(scene.main, concept.kind) == concept.word
+
+    def true_concepts(self, scene: Scene) -> list[Attribute]:
+        o = scene.main
+        return [Attribute(o.shape), Attribute(o.color), Attribute(o.size), Attribute(o.material)]
+
+    def sample_concept(self, scene: Scene, rng: np.random.Generator) -> Attribute:
+        c = self.true_concepts(scene)
+        return c[int(rng.integers(len(c)))]
+
+    def max_true(self, max_objects: int | None = None) -> int:
+        return 4
+
+    def concept_row(self, concept: Attribute) -> list[int]:
+        return [VOCAB.index(concept.word) + 1]
+
+    def row_concept(self, row) -> Attribute:
+        v = int(row[0])
+        if not 1 <= v <= len(VOCAB):
+            raise ValueError(f"attribute index {v} not in 1..{len(VOCAB)}")
+        return Attribute(VOCAB[v - 1])

@@ -1,0 +1,100 @@
+"""The ``objects`` task (the paper's CLEVR Objects): a concept is a position.
+
+Text: ``0.30,0.62``; also accepted ``(0.30, 0.62)`` and ``object at 0.30,0.62``
+(case-insensitive, any spacing). ``format`` prints two decimals, ``0.30,0.62``:
+``parse(format(c))`` is ``c`` rounded to 2 decimals and prints back the same.
+Tensor: float32 rows ``[x, y, 1.0]``; the null row is ``[0, 0, 0]``.
+
+``holds(p, scene)``: some object's center lies within ``RADIUS = 0.08`` of p
+(inclusive). Sampled centers are >= 0.18 apart (two small objects, see
+scene.py), more than twice the radius, so a position never matches two
+distinct objects, and the 2-decimal print (error <= 0.005) keeps a true
+position true.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from compdiff.world.scene import Scene
+from compdiff.world.tasks.base import Task, parse_error
+
+RADIUS = 0.08
+
+_ACCEPTED = ("a position x,y with 0 <= x <= 1 and 0 <= y <= 1, written "
+             "'0.30,0.62', '(0.30, 0.62)' or 'object at 0.30,0.62'")
+_NUM = r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+_RE = re.compile(r"^\s*(?:object\s+at\s+)?(\()?\s*" + _NUM + r"\s*,\s*" + _NUM
+                 + r"\s*(\))?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point in image coordinates: x right, y down, both in [0, 1]."""
+
+    x: float
+    y: float
+
+
+class ObjectsTask(Task[Position]):
+    name = "objects"
+    layout = "free"
+    min_objects, max_objects = 1, 5
+    row_dim = 3
+    dtype = torch.float32
+    radius = RADIUS
+
+    def parse(self, text: str) -> Position:
+        m = _RE.match(text)
+        if m is None or bool(m.group(1)) != bool(m.group(4)):
+            raise parse_error(text, _first_bad(text), f"malformed position {text.strip()!r}",
+                              _ACCEPTED)
+        vals = []
+        for g in (2, 3):
+            v = float(m.group(g))
+            if not (0.0 <= v <= 1.0) or math.isnan(v):
+                axis = "x" if g == 2 else "y"
+                raise parse_error(text, m.start(g),
+                                  f"{axis} = {m.group(g)} is out of range [0, 1]", _ACCEPTED)
+            vals.append(v)
+        return Position(vals[0], vals[1])
+
+    def format(self, concept: Position) -> str:
+        return f"{concept.x:.2f},{concept.y:.2f}"
+
+    def holds(self, concept: Position, scene: Scene) -> bool:
+        r2 = RADIUS * RADIUS + 1e-12
+        return any((o.x - concept.x) ** 2 + (o.y - concept.y) ** 2 <= r2
+                   for o in scene.objects)
+
+    def true_concepts(self, scene: Scene) -> list[Position]:
+        return [Position(o.x, o.y) for o in scene.objects]
+
+    def sample_concept(self, scene: Scene, rng: np.random.Generator) -> Position:
+        o = scene.objects[int(rng.integers(len(scene.objects)))]
+        return Position(o.x, o.y)
+
+    def max_true(self, max_objects: int | None = None) -> int:
+        return max_objects or self.max_objects
+
+    def concept_row(self, concept: Position) -> list[float]:
+        return [concept.x, concept.y, 1.0]
+
+    def row_concept(self, row) -> Position:
+        return Position(float(row[0]), float(row[1]))
+
+
+def _first_bad(text: str) -> int:
+    """Column of the first character that cannot belong to a position."""
+    s = text.lower()
+    i = len(s) - len(s.lstrip())
+    if s[i:].startswith("object at"):
+        i += len("object at")
+    for j in range(i, len(s)):
+        if not (s[j].isdigit() or s[j] in " .,()+-e"):
+            return j
+    return i

@@ -1,0 +1,218 @@
+"""The ``relations`` task (the paper's CLEVR Relations).
+
+Text: ``a small red metal cube left of a large blue rubber sphere``. Each side
+is ``[a|an|the] [size] [color] [material] [noun]``: attribute words in any
+order, each kind at most once, every one optional (omitted = "any"). The noun
+is a shape or, for "any shape", ``thing`` (also accepted: ``object``); it may
+be left out. Relations: ``left of``, ``right of``, ``in front of``, ``behind``
+(also ``to the left of``, ``to the right of``). ``format`` prints the
+canonical form ``a <size> <color> <material> <shape|thing> <rel> a ...``.
+
+Tensor: int64 rows ``[shape1, color1, size1, material1, rel, shape2, color2,
+size2, material2]``; attribute 0 = any, else (index in the vocab tuple) + 1;
+rel 1..4 in ``RELATIONS`` order. The null row is all zeros (rel 0 only there).
+
+``holds(rel, scene)``: some ordered pair of DISTINCT objects (a, b) with a
+matching the first description and b the second, and, with ``MARGIN = 0.05``:
+left of: a.x < b.x - MARGIN; right of: a.x > b.x + MARGIN;
+in front of (nearer the camera): a.y > b.y + MARGIN; behind: a.y < b.y - MARGIN.
+Near-ties (|dx| or |dy| <= MARGIN) count for neither side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from itertools import permutations
+
+import numpy as np
+
+from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Obj, Scene
+from compdiff.world.tasks.base import Task, parse_error
+
+RELATIONS = ("left of", "right of", "in front of", "behind")
+MARGIN = 0.05
+#: probability that the training label omits each attribute word
+OMIT_PROB = 0.3
+ANY_NOUN = "thing"
+
+_KIND_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}
+_WORD_KIND = {w: k for k, vocab in _KIND_VOCAB.items() for w in vocab}
+_NOUNS = {ANY_NOUN, "object"}
+_ARTICLES = {"a", "an", "the"}
+# relation phrases (token tuples), longest first
+_REL_PHRASES = sorted(
+    [(("left", "of"), "left of"), (("right", "of"), "right of"),
+     (("to", "the", "left", "of"), "left of"), (("to", "the", "right", "of"), "right of"),
+     (("in", "front", "of"), "in front of"), (("behind",), "behind")],
+    key=lambda p: -len(p[0]))
+_ACCEPTED = ("'[a] [size] [color] [material] [shape] RELATION [a] [size] [color] "
+             "[material] [shape]' with size in " + ", ".join(SIZES) + "; color in "
+             + ", ".join(COLORS) + "; material in " + ", ".join(MATERIALS)
+             + "; shape in " + ", ".join(SHAPES) + " (or 'thing'/'object' for any shape)"
+             "; RELATION in " + ", ".join(RELATIONS))
+
+
+@dataclass(frozen=True)
+class Desc:
+    """An object description; None = any value."""
+
+    shape: str | None = None
+    color: str | None = None
+    size: str | None = None
+    material: str | None = None
+
+    def matches(self, o: Obj) -> bool:
+        return all(getattr(self, f.name) in (None, getattr(o, f.name)) for f in fields(self))
+
+    @staticmethod
+    def of(o: Obj) -> "Desc":
+        return Desc(o.shape, o.color, o.size, o.material)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``first rel second``, e.g. Desc(cube) "left of" Desc(sphere)."""
+
+    first: Desc
+    rel: str
+    second: Desc
+
+
+def relation_holds(rel: str, a: Obj, b: Obj) -> bool:
+    """Does ``a rel b`` hold by positions, with the near-tie margin?"""
+    if rel == "left of":
+        return a.x < b.x - MARGIN
+    if rel == "right of":
+        return a.x > b.x + MARGIN
+    if rel == "in front of":
+        return a.y > b.y + MARGIN
+    if rel == "behind":
+        return a.y < b.y - MARGIN
+    raise ValueError(f"unknown relation {rel!r}")
+
+
+def _tokens(text: str) -> list[tuple[str, int]]:
+    out, i = [], 0
+    for part in text.split():
+        i = text.index(part, i)
+        out.append((part.lower(), i))
+        i += len(part)
+    return out
+
+
+class RelationsTask(Task[Relation]):
+    name = "relations"
+    layout = "free"
+    min_objects, max_objects = 2, 5
+    row_dim = 9
+    omit_prob = OMIT_PROB
+    margin = MARGIN
+
+    # --- text ---------------------------------------------------------------
+    def parse(self, text: str) -> Relation:
+        toks = _tokens(text)
+        for i in range(len(toks)):
+            for phrase, rel in _REL_PHRASES:
+                if tuple(t for t, _ in toks[i:i + len(phrase)]) == phrase:
+                    first = self._desc(text, toks[:i], "first")
+                    second = self._desc(text, toks[i + len(phrase):], "second")
+                    return Relation(first, rel, second)
+        known = _ARTICLES | _NOUNS | set(_WORD_KIND) | {w for p, _ in _REL_PHRASES for w in p}
+        for tok, col in toks:
+            if tok not in known:
+                raise parse_error(text, col, f"unknown word {tok!r}", _ACCEPTED)
+        raise parse_error(text, len(text), f"no relation in {text.strip()!r}", _ACCEPTED)
+
+    def _desc(self, text: str, toks: list[tuple[str, int]], side: str) -> Desc:
+        if not toks:
+            pos = len(text) if side == "second" else 0
+            raise parse_error(text, pos, f"missing the {side} object", _ACCEPTED)
+        attrs: dict[str, str] = {}
+        noun_seen = False
+        for j, (tok, col) in enumerate(toks):
+            if j == 0 and tok in _ARTICLES:
+                continue
+            if noun_seen:
+                raise parse_error(text, col, f"unexpected word {tok!r} after the noun",
+                                  _ACCEPTED)
+            if tok in _NOUNS:
+                noun_seen = True
+                continue
+            kind = _WORD_KIND.get(tok)
+            if kind is None:
+                raise parse_error(text, col, f"unknown word {tok!r}", _ACCEPTED)
+            if kind in attrs:
+                raise parse_error(text, col, f"a second {kind} {tok!r} (already "
+                                  f"{attrs[kind]!r})", _ACCEPTED)
+            attrs[kind] = tok
+            noun_seen = kind == "shape"
+        return Desc(**attrs)
+
+    def format(self, concept: Relation) -> str:
+        return f"{_fmt_desc(concept.first)} {concept.rel} {_fmt_desc(concept.second)}"
+
+    # --- truth --------------------------------------------------------------
+    def holds(self, concept: Relation, scene: Scene) -> bool:
+        return any(concept.first.matches(a) and concept.second.matches(b)
+                   and relation_holds(concept.rel, a, b)
+                   for a, b in permutations(scene.objects, 2))
+
+    def true_concepts(self, scene: Scene) -> list[Relation]:
+        """All fully specified true relations: every ordered pair, every relation."""
+        return [Relation(Desc.of(a), rel, Desc.of(b))
+                for a, b in permutations(scene.objects, 2)
+                for rel in RELATIONS if relation_holds(rel, a, b)]
+
+    def sample_concept(self, scene: Scene, rng: np.random.Generator) -> Relation:
+        """One true relation, each attribute word omitted with prob ``omit_prob``.
+
+        Omitting only widens a description, so the label stays true. Scenes
+        with no true relation (all pairs near-ties, which sampling makes
+        impossible: centers are >= 0.18 apart) raise ValueError.
+        """
+        full = self.true_concepts(scene)
+        if not full:
+            raise ValueError("scene has no true relation")
+        c = full[int(rng.integers(len(full)))]
+        keep = rng.random(8) >= self.omit_prob
+        names = [f.name for f in fields(Desc)]
+        first = Desc(**{n: getattr(c.first, n) if keep[i] else None for i, n in enumerate(names)})
+        second = Desc(**{n: getattr(c.second, n) if keep[4 + i] else None
+                         for i, n in enumerate(names)})
+        return Relation(first, c.rel, second)
+
+    def max_true(self, max_objects: int | None = None) -> int:
+        n = max_objects or self.max_objects
+        return n * (n - 1) * 2  # per ordered pair: one horizontal, one vertical
+
+    # --- tensors ------------------------------------------------------------
+    def concept_row(self, concept: Relation) -> list[int]:
+        return (_desc_row(concept.first) + [RELATIONS.index(concept.rel) + 1]
+                + _desc_row(concept.second))
+
+    def row_concept(self, row) -> Relation:
+        row = [int(v) for v in row]
+        if not 1 <= row[4] <= len(RELATIONS):
+            raise ValueError(f"relation index {row[4]} not in 1..{len(RELATIONS)}")
+        return Relation(_row_desc(row[:4]), RELATIONS[row[4] - 1], _row_desc(row[5:]))
+
+
+_ROW_ORDER = (("shape", SHAPES), ("color", COLORS), ("size", SIZES), ("material", MATERIALS))
+
+
+def _desc_row(d: Desc) -> list[int]:
+    return [0 if getattr(d, k) is None else vocab.index(getattr(d, k)) + 1
+            for k, vocab in _ROW_ORDER]
+
+
+def _row_desc(vals: list[int]) -> Desc:
+    out = {}
+    for v, (k, vocab) in zip(vals, _ROW_ORDER):
+        if not 0 <= v <= len(vocab):
+            raise ValueError(f"{k} index {v} not in 0..{len(vocab)}")
+        out[k] = None if v == 0 else vocab[v - 1]
+    return Desc(**out)
+
+
+def _fmt_desc(d: Desc) -> str:
+    words = [w for w in (d.size, d.color, d.material) if w is not None]
+    return " ".join(["a", *words, d.shape or ANY_NOUN])
