@@ -95,6 +95,16 @@ class ComposedEps:
         return self.rescale * eps_r + (1 - self.rescale) * eps
 
 
+def effective_weights(terms: list[Term], guidance_scale: float, mode: Mode) -> list[float]:
+    """k·w_i·s for each term: k = 1 ("sum"), or 1/P with P the number of positive terms
+    ("mean"; no division when P = 0)."""
+    if mode not in ("sum", "mean"):
+        raise InputError(f"mode must be 'sum' or 'mean', got {mode!r}")
+    positives = sum(1 for term in terms if term.weight > 0)
+    k = 1.0 / positives if mode == "mean" and positives else 1.0
+    return [term.weight * guidance_scale * k for term in terms]
+
+
 def compose(denoiser: Denoiser, encoder: ConceptEncoder, expr: Expr | str, guidance_scale: float = 1.0,
             mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None) -> ComposedEps:
     """Compose ``expr`` over ``denoiser`` with conditions from ``encoder``; see the module docstring.
@@ -107,17 +117,12 @@ def compose(denoiser: Denoiser, encoder: ConceptEncoder, expr: Expr | str, guida
     if expr.has_or():
         raise InputError("OR is not supported yet: compose() handles AND, NOT and weights; "
                          f"rewrite {str(expr)!r} without OR")
-    if mode not in ("sum", "mean"):
-        raise InputError(f"mode must be 'sum' or 'mean', got {mode!r}")
     if not 0.0 <= rescale <= 1.0:
         raise InputError(f"rescale must lie in [0, 1], got {rescale}")
     if max_batch is not None and max_batch < 1:
         raise InputError(f"max_batch must be >= 1, got {max_batch}")
     terms = [term for term in expr.terms() if term.weight != 0.0]
-    w = torch.tensor([term.weight for term in terms], dtype=torch.float64) * float(guidance_scale)
-    n_pos = sum(1 for term in terms if term.weight > 0)
-    if mode == "mean" and n_pos > 0:
-        w = w / n_pos
+    w = torch.tensor(effective_weights(terms, float(guidance_scale), mode), dtype=torch.float64)
     null = encoder.null()
     cond = torch.cat([null, encoder.encode([term.concept for term in terms])]) if terms else null
     ref_mask = torch.tensor([term.weight > 0 for term in terms], dtype=torch.bool)

@@ -11,7 +11,8 @@ import textwrap
 
 from compdiff.cli import UsageError
 from compdiff.errors import InputError
-from compdiff.expr import DEFAULT_MAX_CONCEPTS, Term, parse, quote
+from compdiff.compose import effective_weights
+from compdiff.expr import DEFAULT_MAX_CONCEPTS, parse, quote
 
 DESCRIPTION = """\
 Parse a concept expression and show how it would be composed: the tree, then
@@ -67,15 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.set_defaults(func=run)
     return p
-
-
-def effective_weights(terms: list[Term], scale: float, mode: str) -> list[float]:
-    """w_i * s (sum), or w_i * s / P with P the number of positive terms (mean;
-    no division when P = 0)."""
-    if mode == "sum":
-        return [t.weight * scale for t in terms]
-    positives = sum(1 for t in terms if t.weight > 0)
-    return [t.weight * scale / max(positives, 1) for t in terms]
 
 
 def _num(x: float) -> str:
