@@ -1,0 +1,139 @@
+"""World models on disk: build, save and load (safetensors + JSON only, never pickles).
+
+A model directory::
+
+    compdiff.json               format, ModelConfig, noise schedule, training summary
+    unet/                       a plain diffusers UNet2DModel directory (config.json + safetensors)
+    cond_embed.safetensors      the condition embedding
+    README.md                   model card (shipped models)
+
+``load_model(path)`` returns ``Loaded(denoiser, encoder, schedule)``, which unpacks as the
+triple of ../shared/DESIGN.md.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from compdiff.denoiser import ConceptEncoder
+from compdiff.errors import InputError
+from compdiff.nn import ConditionalUNet, ModelConfig
+from compdiff.schedule import NoiseSchedule
+from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES
+from compdiff.world.tasks import get_task
+from compdiff.world.tasks.attributes import VOCAB
+from compdiff.world.tasks.relations import RELATIONS
+
+FORMAT = "compdiff-model"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class Loaded(NamedTuple):
+    denoiser: "InferenceDenoiser"
+    encoder: ConceptEncoder
+    schedule: NoiseSchedule
+    config: ModelConfig
+
+
+def condition_spec(task: str) -> dict[str, Any]:
+    """The condition kind and per-slot table sizes of a world task's rows."""
+    if task == "objects":
+        return {"cond_kind": "position", "vocab_sizes": ()}
+    desc = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1, len(MATERIALS) + 1)
+    if task == "relations":
+        return {"cond_kind": "tokens", "vocab_sizes": desc + (len(RELATIONS) + 1,) + desc}
+    if task == "attributes":
+        return {"cond_kind": "tokens", "vocab_sizes": (len(VOCAB) + 1,)}
+    get_task(task)  # raises the InputError listing the tasks
+    raise AssertionError(task)
+
+
+def make_schedule(spec: dict[str, Any]) -> NoiseSchedule:
+    """{"kind": "cosine"|"linear", "T": int, ...} -> NoiseSchedule."""
+    kind, T = spec.get("kind"), int(spec.get("T", 1000))
+    if kind == "cosine":
+        return NoiseSchedule.cosine(T)
+    if kind == "linear":
+        return NoiseSchedule.linear(T, spec.get("beta_start", 1e-4), spec.get("beta_end", 0.02))
+    raise InputError(f"unknown schedule kind {kind!r}; expected 'cosine' or 'linear'")
+
+
+class InferenceDenoiser:
+    """Wraps a ConditionalUNet as a Denoiser for sampling: no autograd; optional bf16 autocast."""
+
+    def __init__(self, net: ConditionalUNet, bf16: bool = False) -> None:
+        self.net = net.eval()
+        self.bf16 = bf16
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.net(x, t, cond).to(x.dtype)
+
+
+def save_model(net: ConditionalUNet, path: str | Path, schedule_spec: dict[str, Any],
+               training: dict[str, Any] | None = None) -> None:
+    """Write a model directory (the caller makes it atomic if it needs to)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    net.unet.save_pretrained(path / "unet", safe_serialization=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.cond_embed.state_dict().items()},
+              str(path / "cond_embed.safetensors"))
+    meta = {"format": FORMAT, "version": 1, "model": net.cfg.to_dict(), "schedule": schedule_spec,
+            "training": training or {}}
+    (path / "compdiff.json").write_text(json.dumps(meta, indent=2))
+
+
+def _refuse_pickles(path: Path) -> None:
+    pickles = sorted(p.name for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not list(path.rglob("*.safetensors")):
+        raise InputError(f"{path} holds pickled weights ({', '.join(pickles)}); compdiff loads "
+                         "safetensors only and never unpickles. Re-save them as safetensors.")
+
+
+def load_model(path: str | Path, bf16: bool = False) -> Loaded:
+    """Load a trained model directory (see the module docstring)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model directory {str(path)!r} does not exist")
+    _refuse_pickles(path)
+    meta_file = path / "compdiff.json"
+    if not meta_file.is_file():
+        raise InputError(f"{path} is not a compdiff model directory (no compdiff.json); "
+                         "train one with 'compdiff train' or use a shipped model")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{meta_file} is not a compdiff model config (format {meta.get('format')!r})")
+    cfg = ModelConfig.from_dict(meta["model"])
+    unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
+    net = ConditionalUNet(cfg, unet)
+    net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
+    return Loaded(InferenceDenoiser(net, bf16), get_task(cfg.task).encoder(), make_schedule(meta["schedule"]), cfg)
+
+
+def shipped_models() -> dict[str, Path]:
+    """task -> directory of the model shipped in the package."""
+    root = Path(str(resources.files("compdiff"))) / "weights"
+    out = {}
+    for d in sorted(root.glob("*")):
+        meta = d / "compdiff.json"
+        if meta.is_file():
+            out.setdefault(json.loads(meta.read_text())["model"]["task"], d)
+    return out
+
+
+def load_pretrained(task: str = "objects", bf16: bool = False) -> Loaded:
+    """The model shipped with compdiff for ``task`` (no download: it is in the package)."""
+    shipped = shipped_models()
+    if task not in shipped:
+        have = ", ".join(shipped) or "none"
+        raise InputError(f"no shipped model for task {task!r} (shipped: {have}); pass --model DIR "
+                         "with a model trained by 'compdiff train'")
+    return load_model(shipped[task], bf16=bf16)

@@ -1,0 +1,66 @@
+"""Condition embeddings: a task's condition rows -> one vector added to the timestep embedding,
+and (for positions) a spatial map given to the network as an extra input channel.
+
+Row formats are the world tasks' tensor forms (compdiff.world.tasks); an all-zero row is
+the null condition and maps to a learned null embedding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class PositionEmbedding(nn.Module):
+    """Rows [x, y, flag] (B, 3) -> (B, dim): Fourier features of (x, y) through an MLP;
+    flag 0 (the null row) gives the learned null embedding."""
+
+    def __init__(self, dim: int, n_freqs: int = 8) -> None:
+        super().__init__()
+        self.register_buffer("freqs", (2.0 ** torch.arange(n_freqs)) * math.pi, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(4 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, cond: Tensor) -> Tensor:
+        xy, flag = cond[:, :2].float(), cond[:, 2:3].float()
+        ang = xy[:, :, None] * self.freqs  # (B, 2, F)
+        feats = torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1)
+        return flag * self.mlp(feats) + (1 - flag) * self.null
+
+
+class TokenEmbedding(nn.Module):
+    """Integer rows (B, S) -> (B, dim): one embedding table per slot, summed, through an MLP.
+    Index 0 in a slot is "any"/absent; the all-zero row is the null condition."""
+
+    def __init__(self, vocab_sizes: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(v, dim) for v in vocab_sizes)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, cond: Tensor) -> Tensor:
+        cond = cond.long()
+        e = sum(table(cond[:, i]) for i, table in enumerate(self.tables))
+        is_null = (cond == 0).all(dim=1, keepdim=True).to(e.dtype)
+        return (1 - is_null) * self.mlp(e) + is_null * self.null
+
+
+def position_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
+    """Rows [x, y, flag] (B, 3) -> (B, 1, R, R): a Gaussian bump of width sigma (image units)
+    at (x, y), zero for the null row. Pixel centres at (i + 0.5) / R."""
+    c = (torch.arange(resolution, device=cond.device, dtype=torch.float32) + 0.5) / resolution
+    dx = c[None, :] - cond[:, 0:1].float()  # (B, R) along x (columns)
+    dy = c[None, :] - cond[:, 1:2].float()  # (B, R) along y (rows)
+    g = torch.exp(-(dy[:, :, None] ** 2 + dx[:, None, :] ** 2) / (2 * sigma**2))
+    return (g * cond[:, 2].float()[:, None, None]).unsqueeze(1)
+
+
+def build_embedding(kind: str, dim: int, vocab_sizes: Sequence[int] = ()) -> nn.Module:
+    """kind "position" (objects) or "tokens" (relations, attributes)."""
+    if kind == "position":
+        return PositionEmbedding(dim)
+    if kind == "tokens":
+        return TokenEmbedding(vocab_sizes, dim)
+    raise ValueError(f"unknown condition kind {kind!r}")
