@@ -1,0 +1,139 @@
+"""compdiff sample: compose an expression with a model and write a PNG grid."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+DEFAULT_SCALE = 3.0  # chosen by measurement on the shipped objects model (BENCHMARKS.md)
+
+
+class Opened(NamedTuple):
+    denoiser: object
+    encoder: object
+    schedule: object
+    latent_shape: tuple[int, ...]
+    decode: Callable[[torch.Tensor], torch.Tensor]  # samples -> images (N, 3, H, W) in [-1, 1]
+    name: str
+    default_scale: float
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample", help="compose concepts and write a PNG grid (the main job)",
+        description="Compose EXPR (concepts joined by AND, NOT, weights and parentheses) with a model "
+        "and write a grid of --n images. By default the model shipped for --task is used; "
+        "--model takes a directory written by 'compdiff train' or a local diffusers pipeline.",
+        epilog="""examples:
+  compdiff sample '"0.25,0.5" AND "0.75,0.5" AND NOT "0.5,0.8"' --n 8 --out composed.png
+  compdiff sample 'red AND cube AND NOT metal' --task attributes
+  compdiff sample --model /path/to/sd 'a castle AND NOT "black and white"' --steps 30 --guidance-scale 7.5""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("expr", metavar="EXPR", help="the expression, e.g. '\"0.3,0.5\" AND NOT \"0.7,0.5\"'")
+    p.add_argument("--task", default="objects", help="world task of the shipped model (default objects)")
+    p.add_argument("--model", help="model directory (compdiff train output or a local diffusers pipeline)")
+    p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], default="trailing",
+                   help="timestep spacing (default trailing: the first step starts at pure noise)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help=f"s in eps(∅) + Σ w·s·(eps(c) − eps(∅)) (default {DEFAULT_SCALE}; 7.5 for diffusers models)")
+    p.add_argument("--mode", choices=["sum", "mean"], default="sum",
+                   help="sum: the paper's rule; mean: divide by the number of positive terms")
+    p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale phi in [0, 1] (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--max-batch", type=int, default=None, help="cap on rows per model call")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the model (world models)")
+    p.add_argument("--out", default="composed.png", help="output PNG (default composed.png)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def open_model(model: str | None, task: str, bf16: bool) -> Opened:
+    from compdiff.cli import UsageError
+
+    if model is not None:
+        path = Path(model)
+        if not path.exists():
+            raise UsageError(f"--model {model!r}: no such directory. compdiff never downloads models: pass a "
+                             "local directory (a 'compdiff train' output, or a diffusers pipeline saved with "
+                             "save_pretrained / a snapshot folder of the Hugging Face cache)")
+        if (path / "model_index.json").is_file():
+            from compdiff.backends.diffusers import DiffusersBackend
+
+            b = DiffusersBackend.from_pretrained(path)
+            return Opened(b.denoiser, b.encoder, b.schedule, tuple(b.latent_shape), b.decode, str(path), 7.5)
+    from compdiff.models import load_model, load_pretrained
+
+    loaded = load_model(model, bf16=bf16) if model is not None else load_pretrained(task, bf16=bf16)
+    R = loaded.config.resolution
+    return Opened(loaded.denoiser, loaded.encoder, loaded.schedule, (3, R, R), lambda x: x.clamp(-1, 1),
+                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from compdiff.cli import UsageError
+    from compdiff.compose import compose
+    from compdiff.expr import parse
+    from compdiff.sampling import generators, randn, sample_ddim, sample_ddpm
+
+    if args.n < 1 or args.steps < 1:
+        raise UsageError("--n and --steps must be >= 1")
+    if not args.out.lower().endswith(".png"):
+        raise UsageError(f"--out must name a .png file, got {args.out!r}")
+    expr = parse(args.expr)  # bad expressions fail before any model is loaded
+    m = open_model(args.model, args.task, args.bf16)
+    scale = m.default_scale if args.guidance_scale is None else args.guidance_scale
+    eps_fn = compose(m.denoiser, m.encoder, expr, guidance_scale=scale, mode=args.mode, rescale=args.rescale,
+                     max_batch=args.max_batch)
+    print(f"model: {m.name}")
+    print(f"expression: {expr}")
+    for term, w in zip(eps_fn.terms, eps_fn.weights.tolist()):
+        print(f"  {w:+8.3f}  {term.concept}")
+    gens = generators([args.seed + i for i in range(args.n)])
+    x_T = randn((args.n, *m.latent_shape), gens)
+    ts = m.schedule.timesteps(args.steps, args.spacing)
+    bar = tqdm(total=len(ts), desc="sampling", unit="step", disable=args.no_progress)
+    cb = lambda info: bar.update(1)  # noqa: E731
+    if args.sampler == "ddim":
+        x0 = sample_ddim(eps_fn, x_T, m.schedule, ts, eta=args.eta, generator=gens, callback=cb)
+    else:
+        x0 = sample_ddpm(eps_fn, x_T, m.schedule, ts, generator=gens, callback=cb)
+    bar.close()
+    write_grid(m.decode(x0), args.out)
+    print(f"wrote {args.out} ({args.n} images)")
+    return 0
+
+
+def write_grid(images: torch.Tensor, out: str, columns: int = 8, min_cell: int = 128) -> None:
+    """images (N, 3, H, W) in [-1, 1] -> a PNG grid, nearest-upscaled to >= min_cell pixels, atomically."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    k = max(1, min_cell // h)
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    u8 = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pad = 2
+    grid = Image.new("RGB", (cols * (w * k + pad) + pad, rows * (h * k + pad) + pad), (255, 255, 255))
+    for i in range(n):
+        tile = Image.fromarray(u8[i]).resize((w * k, h * k), Image.NEAREST)
+        grid.paste(tile, (pad + (i % cols) * (w * k + pad), pad + (i // cols) * (h * k + pad)))
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out_path.parent)
+    os.close(fd)
+    try:
+        grid.save(tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,46 @@
+"""compdiff sample with a tiny model trained in the test."""
+import pytest
+from PIL import Image
+
+from compdiff.cli import main
+from compdiff.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
+                      layers_per_block=1, precision="fp32", steps=1)
+    return str(train(cfg, progress=False).model_dir)
+
+
+def test_sample_writes_a_png_grid(tiny_model, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    rc = main(["sample", '"0.3,0.5" AND "0.7,0.5" AND NOT "0.5,0.2"', "--model", tiny_model, "--n", "3",
+               "--steps", "3", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "-3.000  0.5,0.2" in printed and str(out) in printed
+    img = Image.open(out)
+    assert img.size[0] > 3 * 128 and img.size[1] >= 128  # 16x16 images upscaled to >= 128 px
+
+
+@pytest.mark.parametrize("expr,extra,message", [
+    ('"0.3,0.5" AND', [], "dangling AND"),
+    ('"0.3,0.5" AND "1.5,0.5"', [], "out of range"),
+    ('"0.3,0.5"', ["--n", "0"], "--n"),
+    ('"0.3,0.5"', ["--out", "x.jpg"], ".png"),
+])
+def test_bad_input_exits_2_without_a_file(tiny_model, tmp_path, capsys, expr, extra, message):
+    out = tmp_path / "grid.png"
+    args = ["sample", expr, "--model", tiny_model, "--steps", "2", "--out", str(out), "--no-progress", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compdiff: error:") and message in err
+    assert not out.exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_missing_model_says_compdiff_never_downloads(tmp_path, capsys):
+    assert main(["sample", '"0.3,0.5"', "--model", "runwayml/stable-diffusion-v1-5",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "never downloads" in capsys.readouterr().err
