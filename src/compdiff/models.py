@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from diffusers import UNet2DModel
@@ -63,6 +63,28 @@ def make_schedule(spec: dict[str, Any]) -> NoiseSchedule:
     if kind == "linear":
         return NoiseSchedule.linear(T, spec.get("beta_start", 1e-4), spec.get("beta_end", 0.02))
     raise InputError(f"unknown schedule kind {kind!r}; expected 'cosine' or 'linear'")
+
+
+class JointEncoder:
+    """ConceptEncoder of a joint-conditioning model: each "concept" is a whole set, written as
+    the task's concepts joined by ";" (e.g. "0.30,0.50; 0.70,0.50"). encode -> (K, Kmax, D),
+    padded with null rows; null() -> (1, Kmax, D), the empty set."""
+
+    def __init__(self, task: str, kmax: int) -> None:
+        self.task, self.kmax = get_task(task), kmax
+
+    def encode(self, concepts: Sequence[str]) -> Tensor:
+        return torch.stack([self._one(text) for text in concepts])
+
+    def _one(self, text: str) -> Tensor:
+        parts = [p for p in text.split(";") if p.strip()]
+        if len(parts) > self.kmax:
+            raise InputError(f"a joint set holds at most {self.kmax} concepts, got {len(parts)}: {text!r}")
+        rows = self.task.to_tensor([self.task.parse(p.strip()) for p in parts]) if parts else self.null()[0, :0]
+        return torch.cat([rows, self.task.null_row().expand(self.kmax - len(parts), -1)])
+
+    def null(self) -> Tensor:
+        return self.task.null_row().expand(self.kmax, -1).unsqueeze(0).clone()
 
 
 class InferenceDenoiser:
@@ -115,7 +137,8 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
     net = ConditionalUNet(cfg, unet)
     net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
-    return Loaded(InferenceDenoiser(net, bf16), get_task(cfg.task).encoder(), make_schedule(meta["schedule"]), cfg)
+    encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
+    return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]), cfg)
 
 
 def shipped_models() -> dict[str, Path]:

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="objects: give the position only as a global embedding (the paper's design), "
                    "no Gaussian-bump input channel")
     p.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
+    p.add_argument("--joint", action="store_true",
+                   help="the joint-conditioning baseline: condition on the scene's whole concept set")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--snapshot-every", type=int, default=0,
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                       snapshot_every=args.snapshot_every, channels=channels,
                       layers_per_block=args.layers_per_block, spatial=not args.no_spatial,
-                      attention=args.attention)
+                      attention=args.attention, joint=args.joint)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

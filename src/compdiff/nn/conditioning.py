@@ -47,6 +47,23 @@ class TokenEmbedding(nn.Module):
         return (1 - is_null) * self.mlp(e) + is_null * self.null
 
 
+class SetEmbedding(nn.Module):
+    """A set of condition rows (B, K, D) -> (B, dim): the sum of the per-row embeddings of the
+    non-null rows (a masked sum, order-free); an all-null set gives the learned null embedding.
+    The joint-conditioning baseline reads a whole concept set this way."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, cond: Tensor) -> Tensor:
+        B, K = cond.shape[:2]
+        e = self.inner(cond.flatten(0, 1)).view(B, K, -1)
+        real = (cond != 0).any(dim=2, keepdim=True).to(e.dtype)  # (B, K, 1)
+        empty = (real.sum(1) == 0).to(e.dtype)  # (B, 1)
+        return (e * real).sum(1) + empty * self.inner.null
+
+
 def position_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
     """Rows [x, y, flag] (B, 3) -> (B, 1, R, R): a Gaussian bump of width sigma (image units)
     at (x, y), zero for the null row. Pixel centres at (i + 0.5) / R."""
@@ -57,10 +74,19 @@ def position_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
     return (g * cond[:, 2].float()[:, None, None]).unsqueeze(1)
 
 
-def build_embedding(kind: str, dim: int, vocab_sizes: Sequence[int] = ()) -> nn.Module:
-    """kind "position" (objects) or "tokens" (relations, attributes)."""
+def set_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
+    """Sets of position rows (B, K, 3) -> (B, 1, R, R): the bumps of all positions, capped at 1."""
+    B, K = cond.shape[:2]
+    bumps = position_bump(cond.flatten(0, 1), resolution, sigma).view(B, K, resolution, resolution)
+    return bumps.sum(1, keepdim=True).clamp(max=1.0)
+
+
+def build_embedding(kind: str, dim: int, vocab_sizes: Sequence[int] = (), joint: bool = False) -> nn.Module:
+    """kind "position" (objects) or "tokens" (relations, attributes); joint: over sets of rows."""
     if kind == "position":
-        return PositionEmbedding(dim)
-    if kind == "tokens":
-        return TokenEmbedding(vocab_sizes, dim)
-    raise ValueError(f"unknown condition kind {kind!r}")
+        inner: nn.Module = PositionEmbedding(dim)
+    elif kind == "tokens":
+        inner = TokenEmbedding(vocab_sizes, dim)
+    else:
+        raise ValueError(f"unknown condition kind {kind!r}")
+    return SetEmbedding(inner) if joint else inner

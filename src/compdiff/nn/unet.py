@@ -13,7 +13,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
-from compdiff.nn.conditioning import build_embedding, position_bump
+from compdiff.nn.conditioning import build_embedding, position_bump, set_bump
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ModelConfig:
     layers_per_block: int = 2
     attention: bool = False  # self-attention at the lowest resolution
     norm_groups: int = 8
+    joint: bool = False  # cond is a set of rows (B, Kmax, D): the joint-conditioning baseline
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,17 +62,18 @@ def build_unet(cfg: ModelConfig) -> UNet2DModel:
 
 
 class ConditionalUNet(nn.Module):
-    """A Denoiser: forward(x (B,3,R,R), t (B,) int, cond (B, D)) -> eps (B,3,R,R)."""
+    """A Denoiser: forward(x (B,3,R,R), t (B,) int, cond (B, D) or, joint, (B, Kmax, D)) -> eps (B,3,R,R)."""
 
     def __init__(self, cfg: ModelConfig, unet: UNet2DModel | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.unet = unet if unet is not None else build_unet(cfg)
         temb_dim = self.unet.config.block_out_channels[0] * 4
-        self.cond_embed = build_embedding(cfg.cond_kind, temb_dim, cfg.vocab_sizes)
+        self.cond_embed = build_embedding(cfg.cond_kind, temb_dim, cfg.vocab_sizes, cfg.joint)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         if self.cfg.uses_bump:
-            x = torch.cat([x, position_bump(cond, x.shape[-1], self.cfg.bump_sigma).to(x.dtype)], dim=1)
+            bump = (set_bump if self.cfg.joint else position_bump)(cond, x.shape[-1], self.cfg.bump_sigma)
+            x = torch.cat([x, bump.to(x.dtype)], dim=1)
         return self.unet(x, t, class_labels=self.cond_embed(cond)).sample
 

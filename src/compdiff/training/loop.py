@@ -56,11 +56,12 @@ class TrainConfig:
     layers_per_block: int = 2
     spatial: bool = True
     attention: bool = False
+    joint: bool = False  # the joint-conditioning baseline: condition = the scene's whole concept set
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
                            channels=tuple(self.channels), layers_per_block=self.layers_per_block,
-                           attention=self.attention, **condition_spec(self.task))
+                           attention=self.attention, joint=self.joint, **condition_spec(self.task))
 
     def validate(self) -> None:
         get_task(self.task)
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     a = schedule.alphas_cumprod.float().to(acc.device)
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
-                        length=(cfg.steps + 1) * cfg.batch_size * world)
+                        length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint)
 
     stop = _Stop()
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process),
@@ -217,6 +218,9 @@ def _train_step(cfg, net, opt, acc, data, a, step: int, rank: int, world: int) -
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
     t = torch.randint(0, a.numel(), (B,), generator=g)
     noise = torch.randn(images.shape, generator=g)
+    if cfg.joint:  # the dataset's joint mode has no null dropout: drop whole sets here (for guidance)
+        drop = torch.rand(B, generator=g) < cfg.null_prob
+        cond = torch.where(drop.view(-1, 1, 1), torch.zeros_like(cond), cond)
     images, cond, t, noise = (v.to(acc.device) for v in (images, cond, t, noise))
     at = a[t].view(-1, 1, 1, 1)
     x_t = at.sqrt() * images + (1 - at).sqrt() * noise  # q(x_t | x_0)
@@ -254,8 +258,11 @@ def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done:
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(ema, tmp, cfg.schedule, {"steps": steps_done, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                                        "seed": cfg.seed, "precision": cfg.precision})
+    info = {"steps": steps_done, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "precision": cfg.precision}
+    if cfg.joint:
+        info["kmax"] = get_task(cfg.task).max_true()
+    save_model(ema, tmp, cfg.schedule, info)
     if model_dir.exists():
         shutil.rmtree(model_dir)
     tmp.rename(model_dir)

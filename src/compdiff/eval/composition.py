@@ -1,0 +1,215 @@
+"""The composition tables: generate one image per concept set, judge it, report.
+
+For each number of components K and each method, ``n`` concept sets (see concept_sets.py)
+are generated in batches (one batched sampler run per batch, every sample with its own
+expression via ``compose_each``), read by the judge, and scored:
+
+- accuracy: the fraction of images where every positive concept holds (and the negated
+  one does not), by the task's own ``holds`` on the judged scene;
+- per-concept accuracy: the fraction of (image, positive concept) pairs that hold;
+- extra objects (objects task): judged objects farther than the radius from every
+  requested position, per image;
+- FD-judge: Fréchet distance over judge features between the generated images and the
+  real renders of the same sets; ``fd_floor`` is the same distance between those real
+  renders and real renders of other sets of the same K (what "as good as real" reads as).
+
+Results go to ``results.json`` after every cell (atomically), so an interrupted run
+resumes without recomputing finished cells; table.md and accuracy.png are rewritten too.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from compdiff.compose_each import compose_each
+from compdiff.errors import InputError
+from compdiff.eval.concept_sets import ConceptSet, concept_sets
+from compdiff.eval.frechet import frechet_from_features, judge_features
+from compdiff.eval.judge import Judge
+from compdiff.expr import quote
+from compdiff.sampling import generators, randn, sample_ddim, sample_ddpm
+from compdiff.schedule import NoiseSchedule
+from compdiff.world import get_task, render, to_uint8
+from compdiff.world.grid import make_grid
+from compdiff.world.tasks import RADIUS, Task
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    task: str
+    components: tuple[int, ...] = (1, 2, 3)
+    n: int = 256
+    negate: bool = False
+    sampler: str = "ddim"
+    steps: int = 50
+    spacing: str = "trailing"
+    guidance_scale: float = 3.0
+    seed: int = 7
+    batch_size: int = 64
+    methods: tuple[str, ...] = ("composed",)
+
+
+@dataclass
+class Method:
+    """How one method turns a concept set into a sample: denoiser, encoder, rule."""
+
+    name: str
+    denoiser: Any
+    encoder: Any
+    mode: str = "sum"
+    joint: bool = False  # the whole set is ONE condition (the joint-conditioning baseline)
+    schedule: NoiseSchedule | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def expression(self, task: Task, s: ConceptSet) -> str:
+        if not self.joint:
+            return s.expression(task)
+        if s.negative is not None:
+            raise InputError(f"{self.name}: a joint-conditioning model has no NOT")
+        return quote("; ".join(task.format(c) for c in s.positives))
+
+
+def _generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec, shape: tuple[int, ...],
+              tick: Callable[[], None]) -> torch.Tensor:
+    schedule = method.schedule
+    ts = schedule.timesteps(spec.steps, spec.spacing)
+    out = []
+    for start in range(0, len(sets), spec.batch_size):
+        chunk = sets[start:start + spec.batch_size]
+        eps_fn = compose_each(method.denoiser, method.encoder, [method.expression(task, s) for s in chunk],
+                              guidance_scale=spec.guidance_scale, mode=method.mode)
+        gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
+        x_T = randn((len(chunk), *shape), gens)
+        if spec.sampler == "ddim":
+            x = sample_ddim(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick())
+        else:
+            x = sample_ddpm(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick())
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
+
+
+def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tensor) -> dict[str, Any]:
+    judged = judge.read(images, layout=task.layout)
+    ok = [s.satisfied_by(task, j) for s, j in zip(sets, judged)]
+    per = [task.holds(c, j) for s, j in zip(sets, judged) for c in s.positives]
+    res: dict[str, Any] = {"accuracy": float(np.mean(ok)), "concept_accuracy": float(np.mean(per)),
+                           "success": [bool(v) for v in ok]}
+    if task.name == "objects":
+        extra = [sum(1 for o in j.objects if all((o.x - c.x) ** 2 + (o.y - c.y) ** 2 > RADIUS**2
+                                                  for c in s.positives)) for s, j in zip(sets, judged)]
+        res["extra_objects"] = float(np.mean(extra))
+    if any(s.negative is not None for s in sets):
+        res["negated_absent"] = float(np.mean([not task.holds(s.negative, j) for s, j in zip(sets, judged)]))
+    return res
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str | Path,
+             resolution: int, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the evaluation into ``out``; returns the results dict."""
+    from tqdm.auto import tqdm
+
+    task = get_task(spec.task)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    spec_d = json.loads(json.dumps(asdict(spec)))
+    results = {"spec": spec_d, "cells": {}, "methods": {}}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("spec") != spec_d:
+            raise InputError(f"{path} holds an evaluation with other settings; use another --out or --overwrite")
+        results = old
+    results["methods"].update({name: {"mode": m.mode, "joint": m.joint, **m.info} for name, m in methods.items()})
+    todo = [(k, name) for k in spec.components for name in methods if f"{name}/K{k}" not in results["cells"]]
+    steps = spec.steps * -(-spec.n // spec.batch_size)
+    bar = tqdm(total=len(todo) * steps, desc=f"eval {spec.task}", unit="step", disable=not progress)
+    shape = (3, resolution, resolution)
+    for k in spec.components:
+        names = [name for kk, name in todo if kk == k]
+        if not names:
+            continue
+        sets = concept_sets(task, k, spec.n, spec.seed, spec.negate)
+        real = render([s.scene for s in sets], resolution)
+        other = render([s.scene for s in concept_sets(task, k, spec.n, spec.seed + 1, spec.negate)], resolution)
+        f_real = judge_features(real, judge)
+        fd_floor = frechet_from_features(f_real, judge_features(other, judge))
+        real_acc = float(np.mean([s.satisfied_by(task, j) for s, j in zip(sets, judge.read(real, task.layout))]))
+        for name in names:
+            m = methods[name]
+            bar.set_postfix(cell=f"{name} K={k}")
+            images = _generate(m, task, sets, spec, shape, lambda: bar.update(1))
+            cell = _score(task, judge, sets, images)
+            cell.update(k=k, method=name, fd_judge=frechet_from_features(judge_features(images, judge), f_real),
+                        fd_floor=fd_floor, real_accuracy=real_acc)
+            _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16])
+            results["cells"][f"{name}/K{k}"] = cell
+            _write_json(path, results)
+            write_reports(results, out)
+    bar.close()
+    write_reports(results, out)
+    return results
+
+
+def _save_grid(path: Path, task: Task, sets: list[ConceptSet], images: torch.Tensor, ok: list[bool]) -> None:
+    labels = [["OK" if g else "miss"] + [task.format(c) for c in s.positives]
+              + ([f"NOT {task.format(s.negative)}"] if s.negative is not None else []) for s, g in zip(sets, ok)]
+    tmp = path.with_suffix(".tmp.png")
+    make_grid(to_uint8(images), labels, columns=8, scale=4).save(tmp)
+    os.replace(tmp, path)
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    """table.md and accuracy.png from results.json's cells."""
+    cells = results["cells"]
+    ks = sorted({c["k"] for c in cells.values()})
+    names = list(dict.fromkeys(c["method"] for c in cells.values()))
+    spec = results["spec"]
+    neg = " + 1 NOT" if spec["negate"] else ""
+    lines = [f"Task `{spec['task']}`, n = {spec['n']} sets per cell, {spec['sampler']} {spec['steps']} steps, "
+             f"guidance scale {spec['guidance_scale']}. Accuracy = all concepts of the set hold (judge).", "",
+             "| method | " + " | ".join(f"K={k}{neg}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for name in names:
+        row = [f"{cells[f'{name}/K{k}']['accuracy'] * 100:.1f}%" if f"{name}/K{k}" in cells else "" for k in ks]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines += ["", "| method | K | accuracy | per-concept | FD-judge | FD floor (real vs real) | judge on real renders |"
+              + (" extra objects |" if spec["task"] == "objects" else ""),
+              "|---|---|---|---|---|---|---|" + ("---|" if spec["task"] == "objects" else "")]
+    for name in names:
+        for k in ks:
+            c = cells.get(f"{name}/K{k}")
+            if c:
+                lines.append(f"| {name} | {k} | {c['accuracy'] * 100:.1f}% | {c['concept_accuracy'] * 100:.1f}% | "
+                             f"{c['fd_judge']:.3f} | {c['fd_floor']:.3f} | {c['real_accuracy'] * 100:.1f}% |"
+                             + (f" {c['extra_objects']:.2f} |" if "extra_objects" in c else ""))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    _plot(cells, names, ks, spec, out / "accuracy.png")
+
+
+def _plot(cells: dict, names: list[str], ks: list[int], spec: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name in names:
+        pts = [(k, cells[f"{name}/K{k}"]["accuracy"] * 100) for k in ks if f"{name}/K{k}" in cells]
+        ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xlabel="number of concepts K" + (" (+1 NOT)" if spec["negate"] else ""), ylabel="accuracy (%)",
+           ylim=(0, 102), xticks=ks, title=f"{spec['task']}: composition accuracy (judge)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
