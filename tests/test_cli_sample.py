@@ -44,3 +44,16 @@ def test_missing_model_says_compdiff_never_downloads(tmp_path, capsys):
     assert main(["sample", '"0.3,0.5"', "--model", "runwayml/stable-diffusion-v1-5",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "never downloads" in capsys.readouterr().err
+
+
+def test_sample_with_a_local_diffusers_pipeline(tmp_path, capsys):
+    from sd_tiny import save_pipeline
+
+    folder = tmp_path / "sd"
+    save_pipeline(folder)
+    out = tmp_path / "castle.png"
+    rc = main(["sample", "--model", str(folder), 'a castle AND NOT "black and white"', "--n", "2",
+               "--steps", "3", "--guidance-scale", "7.5", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "-7.500  black and white" in capsys.readouterr().out
+    assert Image.open(out).size[0] > 2 * 64

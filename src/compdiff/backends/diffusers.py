@@ -1,0 +1,274 @@
+"""Stable Diffusion (1.x / 2.x and kin) from a local diffusers pipeline, as compdiff's
+Denoiser + ConceptEncoder + NoiseSchedule + VAE decoder.
+
+    backend = DiffusersBackend.from_pretrained("/models/sd15")       # or a pipeline object
+    eps_fn = compdiff.compose(backend.denoiser, backend.encoder,
+                              'a stone castle AND NOT "black and white"', guidance_scale=7.5)
+    x_T = compdiff.randn((4, *backend.latent_shape), compdiff.generators([0, 1, 2, 3]))
+    latents = compdiff.sample_ddim(eps_fn, x_T, backend.schedule, backend.timesteps(30))
+    # or, with any diffusers scheduler: sample_with_scheduler(eps_fn, x_T, DPMSolverMultistepScheduler(...), 30)
+    images = backend.decode(latents)                                   # (4, 3, H, W) in [-1, 1]
+
+Every concept of a step and the empty prompt go through the UNet in ONE call of B·(K+1)
+rows (that is compose's job; nothing here loops over concepts). compdiff never downloads:
+a path that is not a local pipeline directory is an InputError saying so. SDXL (two text
+encoders, pooled embeddings, added time ids) is not supported and says so.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from compdiff.backends.scheduler_loop import sample_with_scheduler
+from compdiff.backends.sd_text import CLIPPromptEncoder
+from compdiff.compose import Mode, compose
+from compdiff.errors import InputError
+from compdiff.expr import Expr
+from compdiff.sampling import Callback, generators, randn, sample_ddim
+from compdiff.schedule import NoiseSchedule
+
+REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_MESSAGE = ("SDXL pipelines (two text encoders, pooled text embeddings and added time ids) are not "
+                "supported by compdiff yet; use a Stable Diffusion 1.x / 2.x pipeline")
+
+
+class UNetDenoiser:
+    """Denoiser over a ``UNet2DConditionModel``.
+
+    ``(x (B, C, h, w) latents, t (B,) timesteps, cond (B, L, D) text embeddings) -> eps (B, C, h, w)``
+    in x's dtype. The UNet runs in its own dtype/device; a v- or x0-prediction output is
+    converted to eps here, once, by ``schedule.eps_from_prediction``.
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str) -> None:
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        p = next(self.unet.parameters())
+        out = self.unet(x.to(p.device, p.dtype), t.to(p.device), encoder_hidden_states=cond.to(p.device, p.dtype),
+                        return_dict=False)[0].to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        t_cpu = t.detach().cpu()
+        if t_cpu.is_floating_point() and not torch.equal(t_cpu, t_cpu.round()):
+            return self._eps_at_fractional_t(x, out, t_cpu)
+        return self.schedule.eps_from_prediction(x, out, t_cpu.round().long(), self.prediction_type)
+
+    def _eps_at_fractional_t(self, x: Tensor, out: Tensor, t: Tensor) -> Tensor:
+        """Schedulers such as Euler with "linspace" spacing ask for t between integers; they
+        interpolate sigma = sqrt((1 - a)/a) linearly in t, so the same is done here, and the
+        conversion is applied with that alpha = 1/sqrt(1 + sigma²), sigma_vp = sigma·alpha
+        (v: eps = sigma_vp x + alpha v; x0: eps = (x - alpha x0) / sigma_vp, as in the schedule)."""
+        a = self.schedule.alphas_cumprod
+        s_grid = ((1 - a) / a).sqrt()
+        lo = t.double().floor().long().clamp(0, a.numel() - 1)
+        hi = (lo + 1).clamp(max=a.numel() - 1)
+        frac = t.double() - lo.double()
+        s = (1 - frac) * s_grid[lo] + frac * s_grid[hi]
+        shape = (-1, *([1] * (x.ndim - 1)))
+        alpha = (1 / (1 + s**2).sqrt()).reshape(shape).to(x.device, x.dtype)
+        sigma = (s / (1 + s**2).sqrt()).reshape(shape).to(x.device, x.dtype)
+        if self.prediction_type == "v_prediction":
+            return sigma * x + alpha * out
+        if self.prediction_type == "sample":
+            return (x - alpha * out) / sigma
+        raise ValueError(f"unknown prediction type {self.prediction_type!r}")
+
+
+def _missing_model_message(path: str) -> str:
+    msg = (f"no diffusers pipeline at {path!r} (a local folder with model_index.json is needed): compdiff "
+           "does not download models and never reaches the network. Point it at a local copy: a folder "
+           "written by `pipeline.save_pretrained(folder)`, or a snapshot already in the Hugging Face cache, "
+           "~/.cache/huggingface/hub/models--<org>--<name>/snapshots/<hash>")
+    p = Path(path).expanduser()
+    snapshots = sorted(p.glob("snapshots/*/model_index.json")) if p.is_dir() else []
+    if snapshots:
+        msg += f". This looks like a cache folder; try {str(snapshots[-1].parent)!r}"
+    elif not p.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        msg += (f". {path!r} looks like a Hugging Face Hub id: fetch it yourself first (for example "
+                f"`hf download {path}`, which prints the snapshot folder) and pass that folder")
+    return msg
+
+
+def _load_components(path: str | os.PathLike) -> dict[str, Any]:
+    """unet, vae, text_encoder, tokenizer, scheduler from a local pipeline folder (local_files_only)."""
+    root = Path(path).expanduser()
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise InputError(_missing_model_message(str(path)))
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    if (index.get("text_encoder_2") or [None])[0] is not None:
+        raise InputError(f"{root}: {SDXL_MESSAGE}")
+    missing = [name for name in REQUIRED if not (index.get(name) or [None])[0] or not (root / name).is_dir()]
+    if missing:
+        raise InputError(f"{root} ({index.get('_class_name', 'unknown pipeline')}) is not a Stable Diffusion-style "
+                         f"text-to-image pipeline: missing {', '.join(missing)}")
+    components = {}
+    for name in REQUIRED:
+        library, class_name = index[name]
+        try:
+            cls = getattr(importlib.import_module(library), class_name)
+        except (ImportError, AttributeError) as err:
+            raise InputError(f"{root}: cannot load {name}: {library}.{class_name} is not available ({err})") from err
+        kwargs = {} if name == "scheduler" else {"local_files_only": True}
+        try:
+            components[name] = cls.from_pretrained(str(root / name), **kwargs)
+        except OSError as err:
+            raise InputError(f"{root}: cannot load {name} ({err}); compdiff does not download models") from err
+    return components
+
+
+def _components_of(pipeline: Any) -> dict[str, Any]:
+    parts = dict(getattr(pipeline, "components", {}))
+    if parts.get("text_encoder_2") is not None:
+        raise InputError(SDXL_MESSAGE)
+    missing = [name for name in REQUIRED if parts.get(name) is None]
+    if missing:
+        raise InputError(f"{type(pipeline).__name__} is not a Stable Diffusion-style text-to-image pipeline: "
+                         f"missing {', '.join(missing)}")
+    return {name: parts[name] for name in REQUIRED}
+
+
+def _check_supported(unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+    cfg = unet.config
+    if getattr(cfg, "addition_embed_type", None) is not None:
+        raise InputError(f"this UNet needs added conditions ({cfg.addition_embed_type}): {SDXL_MESSAGE}")
+    if getattr(cfg, "time_cond_proj_dim", None) is not None:
+        raise InputError("UNets with a guidance-scale embedding (time_cond_proj_dim, e.g. LCM) are not supported")
+    if cfg.in_channels != cfg.out_channels:
+        raise InputError(f"the UNet takes {cfg.in_channels} input channels but predicts {cfg.out_channels}: "
+                         "inpainting / depth / image-conditioned pipelines are not supported, only text-to-image")
+    hidden = getattr(text_encoder.config, "hidden_size", None)
+    if hidden is not None and cfg.cross_attention_dim != hidden:
+        raise InputError(f"text encoder width {hidden} does not match the UNet's cross_attention_dim "
+                         f"{cfg.cross_attention_dim}")
+
+
+def _schedule_of(scheduler: Any) -> NoiseSchedule:
+    try:
+        return NoiseSchedule.from_diffusers(scheduler)
+    except ValueError as err:  # e.g. a zero-terminal-SNR schedule (a_T = 0)
+        raise InputError(f"cannot use the scheduler {type(scheduler).__name__}: {err}") from err
+
+
+class DiffusersBackend:
+    """A diffusers text-to-image pipeline as compdiff parts.
+
+    Attributes: denoiser (UNetDenoiser), encoder (CLIPPromptEncoder), schedule (NoiseSchedule),
+    scheduler (the pipeline's diffusers scheduler, for :func:`sample_with_scheduler`),
+    prediction_type, latent_shape (C, h, w) at the default (or given) height/width,
+    vae_scale_factor, device, dtype; and the modules unet, vae, text_encoder, tokenizer.
+    """
+
+    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any,
+                 scheduler: Any, *, height: int | None = None, width: int | None = None,
+                 clip_skip: int | None = None) -> None:
+        _check_supported(unet, text_encoder)
+        self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler = (
+            unet, vae, text_encoder, tokenizer, scheduler)
+        self.prediction_type: str = scheduler.config.get("prediction_type", "epsilon")
+        self.schedule = _schedule_of(scheduler)
+        self.denoiser = UNetDenoiser(unet, self.schedule, self.prediction_type)
+        self.encoder = CLIPPromptEncoder(tokenizer, text_encoder, clip_skip=clip_skip)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_shape: tuple[int, int, int] = self.latent_shape_for(height, width)
+
+    @classmethod
+    def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
+                        clip_skip: int | None = None) -> DiffusersBackend:
+        """From a local pipeline folder (loaded with local_files_only=True; never downloads) or a built
+        pipeline object (whose modules are moved to ``device``/``dtype`` in place, as ``pipeline.to`` does).
+
+        Raises InputError for a path that is not a local pipeline folder (hub ids included), SDXL, and
+        pipelines that are not plain text-to-image.
+        """
+        if isinstance(path_or_pipeline, (str, os.PathLike)):
+            parts = _load_components(path_or_pipeline)
+        else:
+            parts = _components_of(path_or_pipeline)
+        for name in ("unet", "vae", "text_encoder"):
+            parts[name] = parts[name].to(device=device, dtype=dtype).eval()
+        return cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+                   height=height, width=width, clip_skip=clip_skip)
+
+    # ---- shapes and timesteps ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """(C, height/f, width/f) with f the VAE's scale factor; None = the UNet's default resolution."""
+        size = self.unet.config.sample_size
+        h0, w0 = (size, size) if isinstance(size, int) else tuple(size)
+        f = self.vae_scale_factor
+        height, width = height or h0 * f, width or w0 * f
+        if height % f or width % f:
+            raise InputError(f"height and width must be multiples of {f}, got {height}x{width}")
+        return (int(self.unet.config.in_channels), height // f, width // f)
+
+    def timesteps(self, num_steps: int) -> Tensor:
+        """num_steps descending timesteps spaced as the pipeline's scheduler config says
+        (timestep_spacing, steps_offset), for compdiff's own samplers."""
+        spacing = self.scheduler.config.get("timestep_spacing", "leading")
+        offset = self.scheduler.config.get("steps_offset", 0) if spacing == "leading" else 0
+        try:
+            return self.schedule.timesteps(num_steps, spacing, offset)
+        except ValueError as err:
+            raise InputError(str(err)) from err
+
+    # ---- decoding -----------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: Tensor, batch_size: int = 1) -> Tensor:
+        """VAE decode: latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1].
+        batch_size images at a time (VAE decoding at full resolution is memory hungry)."""
+        cfg = self.vae.config
+        p = next(self.vae.parameters())
+        z = latents.to(p.device, p.dtype) / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None) is not None:
+            z = z + cfg.shift_factor
+        images = [self.vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
+                  for i in range(0, z.shape[0], batch_size)]
+        return torch.cat(images).clamp(-1, 1)
+
+    # ---- one-call sampling, for the CLI and scripts ----------------------------------------
+    def sample_latents(self, expr: Expr | str, *, n: int = 1, steps: int = 30, guidance_scale: float = 7.5,
+                       seeds: Sequence[int] | None = None, scheduler: Any = None, eta: float = 0.0,
+                       mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None,
+                       height: int | None = None, width: int | None = None,
+                       callback: Callback | None = None) -> Tensor:
+        """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only
+        on seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the
+        given diffusers scheduler via :func:`sample_with_scheduler`. Prompts are encoded once."""
+        seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != n:
+            raise InputError(f"got {len(seeds)} seeds for {n} images")
+        eps_fn = compose(self.denoiser, self.encoder, expr, guidance_scale=guidance_scale, mode=mode,
+                         rescale=rescale, max_batch=max_batch)
+        shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
+        gens = generators(seeds)
+        x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
+        if scheduler is None:
+            return sample_ddim(eps_fn, x_T, self.schedule, self.timesteps(steps), eta=eta, generator=gens,
+                               callback=callback)
+        return sample_with_scheduler(eps_fn, x_T, scheduler, steps, generator=gens, callback=callback, eta=eta)
+
+    def generate(self, expr: Expr | str, **kwargs: Any) -> Tensor:
+        """Images (n, 3, H, W) in [-1, 1]: ``decode(sample_latents(expr, **kwargs))``."""
+        return self.decode(self.sample_latents(expr, **kwargs))
+
+
+__all__ = ["DiffusersBackend", "UNetDenoiser", "CLIPPromptEncoder", "sample_with_scheduler"]
