@@ -147,8 +147,8 @@ def test_scalar_t_is_broadcast(setup):
 
 def test_bad_arguments_are_input_errors(setup):
     den, enc, _, _ = setup
-    with pytest.raises(InputError, match="OR is not supported yet"):
-        compose(den, enc, '"a" OR "b"')
+    with pytest.raises(InputError, match="NOT of an expression with OR"):  # OR itself composes (tests/test_or.py)
+        compose(den, enc, 'NOT ("a" OR "b")')
     with pytest.raises(InputError, match="mode"):
         compose(den, enc, '"a"', mode="max")
     with pytest.raises(InputError, match="rescale"):

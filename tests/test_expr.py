@@ -355,3 +355,62 @@ def test_nodes_are_frozen_hashable_and_validated():
 def test_parse_rejects_non_strings():
     with pytest.raises(TypeError):
         parse(None)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- clauses (DNF of OR)
+
+from compdiff.expr import Clause  # noqa: E402
+
+
+def _cl(text):
+    return [(round(c.weight, 12), list(c.terms)) for c in parse(text).clauses()]
+
+
+def test_clauses_of_an_and_not_expression_is_its_terms():
+    e = parse('a AND "b":2 AND NOT (c AND a :0.5)')
+    assert e.clauses() == [Clause(1.0, tuple(e.terms()))]
+
+
+def test_clauses_distributivity_and_mixture_weights():
+    assert _cl("a OR b") == [(0.5, [Term("a", 1.0)]), (0.5, [Term("b", 1.0)])]
+    # a weight on an OR operand is its mixture weight, not a guidance weight
+    assert _cl('"a":3 OR b') == [(0.75, [Term("a", 1.0)]), (0.25, [Term("b", 1.0)])]
+    # AND distributes over OR, pi multiply
+    assert _cl("(a OR b :3) AND c") == [(0.25, [Term("a", 1.0), Term("c", 1.0)]),
+                                         (0.75, [Term("b", 1.0), Term("c", 1.0)])]
+    assert parse("(a OR b) AND (c OR d)").clauses() == parse(
+        "(a AND c) OR (a AND d) OR (b AND c) OR (b AND d)").clauses()
+    assert parse("a AND (b OR c)").clauses() == parse("(a AND b) OR (a AND c)").clauses()
+    # nested OR is a mixture of mixtures
+    assert [c.weight for c in parse("a OR (b OR c)").clauses()] == [0.5, 0.25, 0.25]
+    # a group weight outside OR scales guidance in every clause
+    assert _cl("(a OR b):2 AND NOT c") == [(0.5, [Term("a", 2.0), Term("c", -1.0)]),
+                                           (0.5, [Term("b", 2.0), Term("c", -1.0)])]
+
+
+def test_clauses_push_not_onto_concepts_and_merge():
+    assert _cl("(a OR b) AND NOT (c AND d :2)") == [
+        (0.5, [Term("a", 1.0), Term("c", -1.0), Term("d", -2.0)]),
+        (0.5, [Term("b", 1.0), Term("c", -1.0), Term("d", -2.0)])]
+    assert _cl("(a OR b) AND NOT a") == [(0.5, [Term("a", 0.0)]), (0.5, [Term("b", 1.0), Term("a", -1.0)])]
+    assert _cl("a OR a") == [(1.0, [Term("a", 1.0)])]  # equal clauses merge, pi added
+    assert _cl("(a AND b) OR (b AND a) OR c") == [(round(2 / 3, 12), [Term("a", 1.0), Term("b", 1.0)]),
+                                                 (round(1 / 3, 12), [Term("c", 1.0)])]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("NOT (a OR b)", "NOT of an expression with OR"),
+    ("NOT (a AND (b OR c))", "NOT of an expression with OR"),
+    ('"a":-1 OR b', "mixture weights"),
+    ('"a":0 OR "b":0', "mixture weights"),
+])
+def test_clauses_refusals(text, message):
+    with pytest.raises(InputError, match=message):
+        parse(text).clauses()
+
+
+def test_clauses_limit():
+    e = parse(" AND ".join(f"(x{i} OR y{i})" for i in range(9)), max_concepts=100)
+    with pytest.raises(InputError, match="more than 256"):
+        e.clauses()
+    assert len(e.clauses(max_clauses=512)) == 512

@@ -21,46 +21,123 @@ Sample Steps are Flawed", eq. 15-16), per sample:
 where eps_ref is the unguided conditional prediction: the mean of the positive concepts'
 predictions (for one concept that is eps(c), exactly what diffusers' rescale_noise_cfg
 uses; with no positive term, eps(∅)). std is over all non-batch dimensions.
+
+``negation="perp"`` is perpendicular NOT (Perp-Neg, Armandpour et al. 2023), per sample:
+with d_i = eps(c_i) − eps(∅) and P = Σ_{w_i>0} w_i d_i (the summed, weighted positive
+delta of THIS sample), each negative term's delta is replaced by its component
+orthogonal to P,  d_j ← d_j − (<d_j, P> / <P, P>) P,  dot products over all non-batch
+dimensions of one sample (never over the batch). If P = 0 (no positive term) the
+negative deltas are used as they are. The default ``"plain"`` is the paper's rule.
+
+OR (see ``compdiff.expr``, "OR and clauses"): the expression's disjunctive normal form
+is a list of AND clauses with mixture probabilities pi. Each sample follows ONE clause,
+drawn once per sample before sampling (``draw_clauses``, from the sample's own generator)
+and bound with ``with_clauses``; the composed eps of sample b is the rule above applied
+to the terms of its clause. All clauses' concepts go through the model in one forward
+(the union of concepts; per sample, a row of a (C, K) weight matrix); a concept that no
+sample of the current batch uses is skipped. Sampling each sample's clause and then its
+AND exactly samples the mixture of the clauses' composed models, with the clause
+weights pi of ``Expr.clauses`` (which ignore the clauses' normalising constants).
 """
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 
 from compdiff.denoiser import ConceptEncoder, Denoiser
 from compdiff.errors import InputError
-from compdiff.expr import Expr, Term, parse
+from compdiff.expr import MAX_CLAUSES, Clause, Expr, Term, parse
 
 Mode = Literal["sum", "mean"]
+Negation = Literal["plain", "perp"]
+ClauseGenerator = torch.Generator | Sequence[torch.Generator] | None
 
 
 class ComposedEps:
     """``(x (B, ...), t (B,) or scalar) -> eps (B, ...)``, built by :func:`compose`.
 
-    Attributes: terms (the evaluated terms), weights (K,) float64 = k·w_i·s,
-    cond ((K+1), ...) with row 0 the null condition, rows_evaluated (running count of
-    rows sent through the denoiser, for tests and benchmarks).
+    Attributes: concepts (the K unique evaluated concepts, cond rows 1..K), cond ((K+1), ...)
+    with row 0 the null condition, clauses (the expression's DNF, ``Expr.clauses``),
+    clause_probs (C,) float64, weight_matrix (C, K) float64 = k·w·s per clause and concept
+    (0 where a clause lacks the concept), negation, assignment ((B,) clause of each sample,
+    or None), rows_evaluated (running count of rows sent through the denoiser).
+    For an expression without OR (one clause): terms (its evaluated terms) and weights
+    (K,) = weight_matrix[0]; with OR, terms is [] and weights is empty.
     """
 
-    def __init__(self, denoiser: Denoiser, cond: Tensor, terms: list[Term], weights: Tensor,
-                 rescale: float, max_batch: int | None, ref_mask: Tensor) -> None:
+    def __init__(self, denoiser: Denoiser, cond: Tensor, concepts: list[str], clauses: list[Clause],
+                 weight_matrix: Tensor, ref_matrix: Tensor, rescale: float, max_batch: int | None,
+                 negation: Negation = "plain") -> None:
         self.denoiser = denoiser
         self.cond = cond
-        self.terms = terms
-        self.weights = weights
+        self.concepts = concepts
+        self.clauses = clauses
+        self.clause_probs = torch.tensor([c.weight for c in clauses], dtype=torch.float64)
+        self.weight_matrix = weight_matrix
+        self.ref_matrix = ref_matrix  # (C, K) bool: positive terms, averaged into eps_ref for rescale
         self.rescale = rescale
         self.max_batch = max_batch
-        self.ref_mask = ref_mask  # (K,) bool: positive terms, averaged into eps_ref for rescale
+        self.negation = negation
+        self.assignment: Tensor | None = None
+        one = len(clauses) == 1
+        self.terms = [t for t in clauses[0].terms if t.weight != 0.0] if one else []
+        self.weights = weight_matrix[0] if one else torch.zeros(0, dtype=torch.float64)
+        self.ref_mask = ref_matrix[0] if one else torch.zeros(0, dtype=torch.bool)
         self.rows_evaluated = 0
-        self._rows_cache: dict[tuple[int, torch.device], Tensor] = {}
+        self._rows_cache: dict[tuple, Tensor] = {}
 
-    def _cond_rows(self, B: int, device: torch.device) -> Tensor:
-        """cond repeated to (K+1)·B rows, condition-major: rows [j·B, (j+1)·B) hold condition j."""
-        key = (B, device)
+    # ---- OR: one clause per sample ------------------------------------------------
+    def draw_clauses(self, batch_size: int, generator: ClauseGenerator = None) -> Tensor:
+        """(batch_size,) int64: the clause each sample follows, drawn with probabilities
+        clause_probs by inverse CDF of one uniform per sample. With a list of generators,
+        sample i's uniform comes from generator i alone (so its clause depends only on its
+        seed). With one clause, returns zeros and draws nothing."""
+        C = len(self.clauses)
+        if C == 1:
+            return torch.zeros(batch_size, dtype=torch.long)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch_size:
+                raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}")
+            u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generator])
+        else:
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        cdf = torch.cumsum(self.clause_probs, 0)
+        return torch.searchsorted(cdf, u, right=True).clamp(max=C - 1)
+
+    def with_clauses(self, assignment: Tensor | Sequence[int]) -> ComposedEps:
+        """A copy bound to one clause per sample (``assignment`` (B,) clause indices); it then
+        only accepts batches of B samples. Its rows_evaluated counts separately."""
+        a = torch.as_tensor(assignment, dtype=torch.long).reshape(-1).cpu()
+        if a.numel() and (a.min() < 0 or a.max() >= len(self.clauses)):
+            raise ValueError(f"clause indices must lie in [0, {len(self.clauses)}), got {a.tolist()}")
+        out = copy.copy(self)
+        out.assignment = a
+        out.rows_evaluated = 0
+        return out
+
+    def _sample_weights(self, B: int) -> tuple[Tensor, Tensor]:
+        """(K, B) effective weights and (K, B) rescale-reference mask of each sample."""
+        if self.assignment is None:
+            if len(self.clauses) > 1:
+                raise InputError(
+                    f"this composition is a mixture of {len(self.clauses)} clauses (OR): choose each "
+                    "sample's clause first, eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(B, generator))"
+                )
+            return self.weight_matrix[0].unsqueeze(1).expand(-1, B), self.ref_matrix[0].unsqueeze(1).expand(-1, B)
+        if self.assignment.numel() != B:
+            raise ValueError(f"bound to {self.assignment.numel()} samples' clauses but x has {B} samples")
+        return self.weight_matrix[self.assignment].T, self.ref_matrix[self.assignment].T
+
+    # ---- the forward -----------------------------------------------------------------
+    def _cond_rows(self, B: int, device: torch.device, active: tuple[int, ...]) -> Tensor:
+        """cond rows [0, *active] repeated to G·B rows, condition-major: rows [j·B, (j+1)·B) hold condition j."""
+        key = (B, device, active)
         if key not in self._rows_cache:
-            self._rows_cache = {key: self.cond.to(device).repeat_interleave(B, dim=0)}
+            idx = torch.tensor((0, *active), dtype=torch.long)
+            self._rows_cache = {key: self.cond.index_select(0, idx).to(device).repeat_interleave(B, dim=0)}
         return self._rows_cache[key]
 
     def _forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -75,24 +152,46 @@ class ComposedEps:
         B = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(B) if t.ndim == 0 else t
-        G = self.cond.shape[0]  # K + 1
+        W, ref = self._sample_weights(B)
+        keep = (W != 0).any(1)
+        active = tuple(int(k) + 1 for k in torch.nonzero(keep).flatten())  # cond rows in use
+        G = 1 + len(active)
         x_in = x.unsqueeze(0).expand(G, *x.shape).reshape(G * B, *x.shape[1:])
         t_in = t.unsqueeze(0).expand(G, B).reshape(G * B)
-        out = self._forward(x_in, t_in, self._cond_rows(B, x.device)).reshape(G, B, *x.shape[1:])
+        out = self._forward(x_in, t_in, self._cond_rows(B, x.device, active)).reshape(G, B, *x.shape[1:])
         eps_null, eps_c = out[0], out[1:]
         if G == 1:
             return eps_null
-        w = self.weights.to(x.device, out.dtype).reshape(-1, *([1] * x.ndim))
-        eps = eps_null + (w * (eps_c - eps_null)).sum(0)
+        w = W[keep].to(x.device, out.dtype).reshape(G - 1, B, *([1] * (x.ndim - 1)))
+        delta = eps_c - eps_null
+        if self.negation == "perp":
+            delta = _perpendicular(delta, w)
+        eps = eps_null + (w * delta).sum(0)
         if self.rescale:
-            eps = self._rescaled(eps, eps_null, eps_c)
+            eps = self._rescaled(eps, eps_null, eps_c, ref[keep].to(x.device))
         return eps
 
-    def _rescaled(self, eps: Tensor, eps_null: Tensor, eps_c: Tensor) -> Tensor:
-        ref = eps_c[self.ref_mask.to(eps_c.device)].mean(0) if bool(self.ref_mask.any()) else eps_null
+    def _rescaled(self, eps: Tensor, eps_null: Tensor, eps_c: Tensor, ref_mask: Tensor) -> Tensor:
+        """ref_mask (K', B): the positive terms of each sample; their mean prediction is eps_ref."""
+        m = ref_mask.to(eps_c.dtype).reshape(*ref_mask.shape, *([1] * (eps.ndim - 1)))
+        n = m.sum(0)
+        ref = torch.where(n > 0, (m * eps_c).sum(0) / n.clamp(min=1), eps_null)
         dims = list(range(1, eps.ndim))
         eps_r = eps * (ref.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True))
         return self.rescale * eps_r + (1 - self.rescale) * eps
+
+
+def _perpendicular(delta: Tensor, w: Tensor) -> Tensor:
+    """delta (K, B, ...) and weights w (K, B, 1, ...): each negative term's delta minus its
+    projection on P = Σ_{w>0} w·delta, per sample b (dot products over dims 2.. only)."""
+    neg = w < 0
+    if not bool(neg.any()):
+        return delta
+    P = (w.clamp(min=0) * delta).sum(0, keepdim=True)  # (1, B, ...)
+    dims = list(range(2, delta.ndim))
+    pp = (P * P).sum(dims, keepdim=True)  # (1, B, 1, ...)
+    coef = (delta * P).sum(dims, keepdim=True) / torch.where(pp > 0, pp, torch.ones_like(pp))
+    return torch.where(neg, delta - coef * P, delta)
 
 
 def effective_weights(terms: list[Term], guidance_scale: float, mode: Mode) -> list[float]:
@@ -106,25 +205,39 @@ def effective_weights(terms: list[Term], guidance_scale: float, mode: Mode) -> l
 
 
 def compose(denoiser: Denoiser, encoder: ConceptEncoder, expr: Expr | str, guidance_scale: float = 1.0,
-            mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None) -> ComposedEps:
+            mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None,
+            negation: Negation = "plain", max_clauses: int = MAX_CLAUSES) -> ComposedEps:
     """Compose ``expr`` over ``denoiser`` with conditions from ``encoder``; see the module docstring.
 
-    expr: an Expr or its text (parsed with :func:`compdiff.parse`). Raises InputError for OR
-    (not supported yet), an unknown mode, rescale outside [0, 1] or max_batch < 1.
+    expr: an Expr or its text (parsed with :func:`compdiff.parse`). With OR, bind each sample's
+    clause before sampling: ``eps_fn.with_clauses(eps_fn.draw_clauses(B, generator))``.
+    Raises InputError for an unknown mode or negation, rescale outside [0, 1], max_batch < 1,
+    or an expression ``Expr.clauses`` refuses (NOT of an OR, bad mixture weights, too many clauses).
     """
     if isinstance(expr, str):
         expr = parse(expr)
-    if expr.has_or():
-        raise InputError("OR is not supported yet: compose() handles AND, NOT and weights; "
-                         f"rewrite {str(expr)!r} without OR")
     if not 0.0 <= rescale <= 1.0:
         raise InputError(f"rescale must lie in [0, 1], got {rescale}")
     if max_batch is not None and max_batch < 1:
         raise InputError(f"max_batch must be >= 1, got {max_batch}")
-    terms = [term for term in expr.terms() if term.weight != 0.0]
-    w = torch.tensor(effective_weights(terms, float(guidance_scale), mode), dtype=torch.float64)
+    if negation not in ("plain", "perp"):
+        raise InputError(f"negation must be 'plain' or 'perp', got {negation!r}")
+    clauses = expr.clauses(max_clauses)
+    concepts: dict[str, int] = {}
+    rows: list[list[tuple[str, float, bool]]] = []
+    for clause in clauses:
+        terms = [term for term in clause.terms if term.weight != 0.0]
+        eff = effective_weights(terms, float(guidance_scale), mode)
+        rows.append([(term.concept, w, term.weight > 0) for term, w in zip(terms, eff)])
+        for term in terms:
+            concepts.setdefault(term.concept, len(concepts))
+    W = torch.zeros(len(clauses), len(concepts), dtype=torch.float64)
+    ref = torch.zeros(len(clauses), len(concepts), dtype=torch.bool)
+    for c, row in enumerate(rows):
+        for concept, w, positive in row:
+            W[c, concepts[concept]] = w
+            ref[c, concepts[concept]] = positive
     null = encoder.null()
-    cond = torch.cat([null, encoder.encode([term.concept for term in terms])]) if terms else null
-    ref_mask = torch.tensor([term.weight > 0 for term in terms], dtype=torch.bool)
-    return ComposedEps(denoiser, cond, terms, w, rescale, max_batch, ref_mask)
-
+    names = list(concepts)
+    cond = torch.cat([null, encoder.encode(names)]) if names else null
+    return ComposedEps(denoiser, cond, names, clauses, W, ref, rescale, max_batch, negation)

@@ -70,7 +70,31 @@ exactly rounded sum, ``math.fsum``), in order of first appearance. ``"a" AND "b"
 ``[Term("a", 0.5), Term("b", 1.0)]``; a merged weight of 0 stays a term with
 weight 0.0 (compose decides what to do with it). ``expr.leaves()`` gives the
 same signed weights before merging. OR is parsed into the tree but cannot be
-flattened yet: ``terms()`` raises ``InputError`` when ``has_or()``.
+flattened to one list of terms: ``terms()`` raises ``InputError`` when ``has_or()``;
+``clauses()`` gives its disjunctive normal form instead.
+
+OR and clauses
+--------------
+``A OR B`` is the mixture p ∝ π_A·p(x|A) + π_B·p(x|B). ``expr.clauses()`` is
+the disjunctive normal form: ``[Clause(pi, terms), ...]``, each clause an AND
+(flat merged terms, exactly as ``terms()`` builds them) with its mixture
+probability pi (the clauses' pi sum to 1). Rules:
+
+* A weight on an *operand of OR* is its mixture weight, not a guidance
+  weight: ``"a":3 OR "b"`` gives pi = 3/4, 1/4 and clauses ``[a:1]``, ``[b:1]``.
+  Operands without a weight count 1 (equal pi). Mixture weights must be >= 0,
+  not all 0. Everywhere else a weight scales guidance as in ``terms()``:
+  ``("a" OR "b"):2`` at top level or under AND gives clauses ``[a:2]``, ``[b:2]``.
+* Nested OR is a mixture of mixtures: ``a OR (b OR c)`` gives 1/2, 1/4, 1/4
+  (while ``a OR b OR c`` gives 1/3 each).
+* AND distributes over OR: ``(a OR b) AND c`` = ``(a AND c) OR (b AND c)``
+  with pi multiplied: (Σ π_i p_i)(Σ π_j q_j) = Σ π_i π_j p_i q_j. The exact
+  mixture weight of clause ij is π_i π_j Z_ij / Σ (Z_ij = ∫ p_i q_j, the
+  clause's normalising constant); clauses() IGNORES Z_ij, an approximation.
+* NOT is pushed onto concepts as in ``terms()`` (negated weights). NOT of an
+  expression that contains OR is refused with ``InputError``.
+* Clauses with the same merged terms are merged by adding their pi; at most
+  ``MAX_CLAUSES`` clauses (the expansion is exponential in nested ORs).
 """
 from __future__ import annotations
 
@@ -87,6 +111,8 @@ __all__ = [
     "KEYWORDS",
     "MAX_DEPTH",
     "And",
+    "MAX_CLAUSES",
+    "Clause",
     "Concept",
     "Expr",
     "Not",
@@ -102,6 +128,8 @@ KEYWORDS = ("AND", "NOT", "OR")
 #: most parentheses + NOTs enclosing any concept (guards the recursion)
 MAX_DEPTH = 100
 DEFAULT_MAX_CONCEPTS = 32
+#: most clauses the disjunctive normal form of one expression may have
+MAX_CLAUSES = 256
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BARE_PUNCT = "_,.-"
@@ -113,6 +141,16 @@ class Term(NamedTuple):
 
     concept: str
     weight: float
+
+
+class Clause(NamedTuple):
+    """One AND clause of an expression's disjunctive normal form (see ``Expr.clauses``).
+
+    weight: its mixture probability pi (the clauses of an expression sum to 1);
+    terms: its flat weighted terms, merged as ``Expr.terms()`` merges them."""
+
+    weight: float
+    terms: tuple[Term, ...]
 
 
 def normalize_text(text: str) -> str:
@@ -166,21 +204,29 @@ class Expr:
     def terms(self) -> list[Term]:
         """The flat weighted terms; repeated concepts merged by adding their
         weights, in order of first appearance (see the module docstring)."""
-        merged: dict[str, list[float]] = {}
-        for text, w in self.leaves():
-            merged.setdefault(text, []).append(w)
-        out = []
-        for text, ws in merged.items():
-            try:  # fsum: exactly rounded, so a + 1e16 - 1e16 stays a
-                w = math.fsum(ws)
-            except (OverflowError, ValueError):
-                w = math.inf
-            if not math.isfinite(w):
-                raise InputError(
-                    f"the weights of concept {quote(text)} multiply out to a "
-                    "non-finite value; use smaller weights"
-                )
-            out.append(Term(text, w + 0.0))  # + 0.0 turns -0.0 into 0.0
+        return _merge(self.leaves())
+
+    def clauses(self, max_clauses: int = MAX_CLAUSES) -> list[Clause]:
+        """The disjunctive normal form: AND clauses with mixture probabilities
+        pi summing to 1 (see "OR and clauses" in the module docstring). An
+        expression without OR is one clause, ``Clause(1.0, tuple(terms()))``.
+        Raises ``InputError`` for NOT of an OR, negative or all-zero mixture
+        weights, or more than ``max_clauses`` clauses."""
+        raw = _dnf(self, 1.0, False, max_clauses)
+        total = math.fsum(pi for pi, _ in raw)
+        merged: dict[tuple[Term, ...], float] = {}
+        for pi, leaves in raw:
+            terms = tuple(_merge(leaves))
+            key = tuple(sorted(terms))
+            merged[key] = merged.get(key, 0.0) + pi
+        out: list[Clause] = []
+        seen: set[tuple[Term, ...]] = set()
+        for pi, leaves in raw:  # first-appearance order
+            terms = tuple(_merge(leaves))
+            key = tuple(sorted(terms))
+            if key not in seen:
+                seen.add(key)
+                out.append(Clause(merged[key] / total, terms))
         return out
 
     def pretty(self) -> str:
@@ -195,9 +241,82 @@ class Expr:
     def _check_no_or(self) -> None:
         if self.has_or():
             raise InputError(
-                "OR is not supported yet: only AND, NOT and weights can be "
-                "composed (OR is parsed so that `compdiff explain` can show it)"
+                "OR is not supported yet by terms() and leaves(): an expression "
+                "with OR is a mixture of AND clauses, not one list of terms; use "
+                "expr.clauses() (compose() samples it)"
             )
+
+
+def _merge(leaves: list[Term]) -> list[Term]:
+    """Repeated concepts merged by adding their weights (exactly rounded), in
+    order of first appearance."""
+    merged: dict[str, list[float]] = {}
+    for text, w in leaves:
+        merged.setdefault(text, []).append(w)
+    out = []
+    for text, ws in merged.items():
+        try:  # fsum: exactly rounded, so a + 1e16 - 1e16 stays a
+            w = math.fsum(ws)
+        except (OverflowError, ValueError):
+            w = math.inf
+        if not math.isfinite(w):
+            raise InputError(
+                f"the weights of concept {quote(text)} multiply out to a "
+                "non-finite value; use smaller weights"
+            )
+        out.append(Term(text, w + 0.0))  # + 0.0 turns -0.0 into 0.0
+    return out
+
+
+_RawClause = tuple[float, list[Term]]  # (unnormalised pi, leaves before merging)
+
+
+def _dnf(e: Expr, factor: float, operand_of_or: bool, max_clauses: int) -> list[_RawClause]:
+    """Clauses of ``e`` with every guidance weight multiplied by ``factor``. When
+    ``e`` is an operand of OR its own weight is its mixture weight (applied by
+    the caller), so it is not multiplied into the guidance weights here."""
+    own = 1.0 if operand_of_or else getattr(e, "weight", 1.0)
+    if isinstance(e, Concept):
+        return [(1.0, [Term(e.text, factor * own)])]
+    if isinstance(e, Not):
+        if e.child.has_or():
+            raise InputError(
+                f"NOT of an expression with OR is not defined: {e}; put NOT on "
+                "each concept instead, e.g. NOT \"a\" AND NOT \"b\""
+            )
+        return [(1.0, [Term(t, -factor * w) for t, w in e.child.leaves()])]
+    f = factor * own
+    if isinstance(e, And):
+        out: list[_RawClause] = [(1.0, [])]
+        for c in e.children:
+            sub = _dnf(c, f, False, max_clauses)
+            if len(out) * len(sub) > max_clauses:
+                raise _too_many(e, max_clauses)
+            out = [(p * q, a + b) for p, a in out for q, b in sub]
+        return out
+    assert isinstance(e, Or)
+    mix = [getattr(c, "weight", 1.0) for c in e.children]
+    if any(m < 0 for m in mix) or not any(m > 0 for m in mix):
+        raise InputError(
+            f"the weights on the operands of OR are mixture weights and must be "
+            f">= 0, not all 0; got {mix} in {e}"
+        )
+    total = math.fsum(mix)
+    out = []
+    for c, m in zip(e.children, mix):
+        if m == 0:
+            continue
+        out += [(p * m / total, leaves) for p, leaves in _dnf(c, f, True, max_clauses)]
+        if len(out) > max_clauses:
+            raise _too_many(e, max_clauses)
+    return out
+
+
+def _too_many(e: Expr, max_clauses: int) -> InputError:
+    return InputError(
+        f"{e} expands to more than {max_clauses} AND clauses (disjunctive normal "
+        "form); simplify it or raise max_clauses"
+    )
 
 
 def _check_weight(weight: object) -> float:
@@ -264,7 +383,7 @@ class And(Expr):
 
 @dataclass(frozen=True)
 class Or(Expr):
-    """Disjunction (``a OR b``): parsed, not composable yet."""
+    """Disjunction (``a OR b``): a mixture; see ``Expr.clauses``."""
 
     children: tuple[Expr, ...]
     weight: float = 1.0
