@@ -20,6 +20,7 @@ class Opened(NamedTuple):
     decode: Callable[[torch.Tensor], torch.Tensor]  # samples -> images (N, 3, H, W) in [-1, 1]
     name: str
     default_scale: float
+    clip_x0: float | None  # clamp predicted x0 to [-c, c] (world images lie in [-1, 1]; latents are not clipped)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,13 +69,13 @@ def open_model(model: str | None, task: str, bf16: bool) -> Opened:
             from compdiff.backends.diffusers import DiffusersBackend
 
             b = DiffusersBackend.from_pretrained(path)
-            return Opened(b.denoiser, b.encoder, b.schedule, tuple(b.latent_shape), b.decode, str(path), 7.5)
+            return Opened(b.denoiser, b.encoder, b.schedule, tuple(b.latent_shape), b.decode, str(path), 7.5, None)
     from compdiff.models import load_model, load_pretrained
 
     loaded = load_model(model, bf16=bf16) if model is not None else load_pretrained(task, bf16=bf16)
     R = loaded.config.resolution
     return Opened(loaded.denoiser, loaded.encoder, loaded.schedule, (3, R, R), lambda x: x.clamp(-1, 1),
-                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE)
+                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE, 1.0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(ts), desc="sampling", unit="step", disable=args.no_progress)
     cb = lambda info: bar.update(1)  # noqa: E731
     if args.sampler == "ddim":
-        x0 = sample_ddim(eps_fn, x_T, m.schedule, ts, eta=args.eta, generator=gens, callback=cb)
+        x0 = sample_ddim(eps_fn, x_T, m.schedule, ts, eta=args.eta, generator=gens, callback=cb, clip_x0=m.clip_x0)
     else:
-        x0 = sample_ddpm(eps_fn, x_T, m.schedule, ts, generator=gens, callback=cb)
+        x0 = sample_ddpm(eps_fn, x_T, m.schedule, ts, generator=gens, callback=cb, clip_x0=m.clip_x0)
     bar.close()
     write_grid(m.decode(x0), args.out)
     print(f"wrote {args.out} ({args.n} images)")

@@ -52,6 +52,7 @@ class EvalSpec:
     guidance_scale: float = 3.0
     seed: int = 7
     batch_size: int = 64
+    clip_x0: float | None = 1.0  # world images lie in [-1, 1]
     methods: tuple[str, ...] = ("composed",)
 
 
@@ -87,9 +88,9 @@ def _generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec
         gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
         x_T = randn((len(chunk), *shape), gens)
         if spec.sampler == "ddim":
-            x = sample_ddim(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick())
+            x = sample_ddim(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0)
         else:
-            x = sample_ddpm(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick())
+            x = sample_ddpm(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0)
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 
