@@ -51,11 +51,19 @@ def test_explain_parse_error_exits_2(capsys):
     assert '"a photo 16:9"' in err and "^" in err
 
 
-def test_explain_or_prints_tree_then_exits_2(capsys):
-    assert main(["explain", "a OR b"]) == 2
-    captured = capsys.readouterr()
-    assert "OR\n" in captured.out and '"b"' in captured.out
-    assert captured.err.startswith("compdiff: error: OR cannot be composed yet")
+def test_explain_or_prints_the_clauses_with_their_mixture_weights(capsys):
+    assert main(["explain", '"a":3 OR ("b" AND NOT "c")', "--guidance-scale", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "OR\n" in out and "clause 1 of 2, pi = 0.75:" in out and "clause 2 of 2, pi = 0.25:" in out
+    assert '"c"        -1.0       -2.0' in out
+    assert "pi ignores" not in out  # a top-level OR is an exact mixture
+    assert main(["explain", '"x" AND ("a" OR "b")']) == 0
+    assert "pi ignores the clauses' normalising constants" in capsys.readouterr().out
+
+
+def test_explain_not_of_or_exits_2(capsys):
+    assert main(["explain", 'NOT ("a" OR "b")']) == 2
+    assert capsys.readouterr().err.startswith("compdiff: error:")
 
 
 @pytest.mark.parametrize("argv", [["--guidance-scale", "nan"], ["--max-concepts", "0"]])

@@ -57,3 +57,15 @@ def test_sample_with_a_local_diffusers_pipeline(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     assert "-7.500  black and white" in capsys.readouterr().out
     assert Image.open(out).size[0] > 2 * 64
+
+
+def test_sample_or_perp_and_corrector_flags(tiny_model, tmp_path, capsys):
+    out = tmp_path / "or.png"
+    rc = main(["sample", '("0.3,0.5" OR "0.7,0.5":3) AND NOT "0.5,0.2"', "--model", tiny_model, "--n", "4",
+               "--steps", "4", "--negation", "perp", "--correct", "ula", "--corrector-steps", "1",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "clause 1 (pi = 0.250)" in printed and "clause 2 (pi = 0.750)" in printed
+    assert out.is_file()
+    assert main(["sample", 'NOT ("0.3,0.5" OR "0.7,0.5")', "--model", tiny_model, "--out", str(tmp_path / "x.png")]) == 2

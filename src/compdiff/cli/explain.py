@@ -10,9 +10,8 @@ import math
 import textwrap
 
 from compdiff.cli import UsageError
-from compdiff.errors import InputError
 from compdiff.compose import effective_weights
-from compdiff.expr import DEFAULT_MAX_CONCEPTS, parse, quote
+from compdiff.expr import DEFAULT_MAX_CONCEPTS, Or, parse, quote
 
 DESCRIPTION = """\
 Parse a concept expression and show how it would be composed: the tree, then
@@ -75,23 +74,7 @@ def _num(x: float) -> str:
     return s if any(c in s for c in ".en") else s + ".0"
 
 
-def run(args: argparse.Namespace) -> int:
-    if not math.isfinite(args.guidance_scale):
-        raise UsageError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
-    if args.max_concepts < 1:
-        raise UsageError(f"--max-concepts must be at least 1, got {args.max_concepts}")
-    expr = parse(args.expr, max_concepts=args.max_concepts)  # ParseError -> exit 2
-
-    print(f"expression: {expr}")
-    print("tree:")
-    print(textwrap.indent(expr.pretty(), "  "))
-    if expr.has_or():
-        raise InputError(
-            "OR cannot be composed yet: the tree above shows how the expression "
-            "parsed; use AND and NOT to compose"
-        )
-
-    terms = expr.terms()
+def _terms_table(terms: list, args: argparse.Namespace) -> None:
     effective = effective_weights(terms, args.guidance_scale, args.mode)
     rule = "w * s" if args.mode == "sum" else "w * s / P"
     print(f"terms (mode {args.mode}, guidance scale s = {_num(args.guidance_scale)}, "
@@ -102,6 +85,32 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}")
 
+
+def _top_level_or(expr) -> bool:
+    """An OR of plain AND-clauses at the top: the mixture is then exact."""
+    return isinstance(expr, Or) and not any(child.has_or() for child in expr.children)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.guidance_scale):
+        raise UsageError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+    if args.max_concepts < 1:
+        raise UsageError(f"--max-concepts must be at least 1, got {args.max_concepts}")
+    expr = parse(args.expr, max_concepts=args.max_concepts)  # ParseError -> exit 2
+
+    print(f"expression: {expr}")
+    print("tree:")
+    print(textwrap.indent(expr.pretty(), "  "))
+    clauses = expr.clauses()  # NOT of an OR etc. -> InputError, exit 2
+    for i, clause in enumerate(clauses):
+        if len(clauses) > 1:
+            print(f"clause {i + 1} of {len(clauses)}, pi = {clause.weight:.6g}:")
+        _terms_table(list(clause.terms), args)
+    if len(clauses) > 1:
+        print("note: OR is a mixture; each image follows one clause, drawn with probability pi"
+              + ("; pi ignores the clauses' normalising constants (OR under AND)" if not _top_level_or(expr) else ""))
+        return 0
+    terms = list(clauses[0].terms)
     positives = sum(1 for t in terms if t.weight > 0)
     if args.mode == "mean":
         note = f"P = {positives}" if positives else "P = 0: no division"

@@ -9,6 +9,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from compdiff.sampling import CORRECT_RANGE, CORRECTOR_DAMPING, CORRECTOR_STEP_SIZE, CORRECTOR_STEPS
+
 DEFAULT_SCALE = 3.0  # chosen by measurement on the shipped objects model (BENCHMARKS.md)
 
 
@@ -48,6 +50,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["sum", "mean"], default="sum",
                    help="sum: the paper's rule; mean: divide by the number of positive terms")
     p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale phi in [0, 1] (default 0)")
+    p.add_argument("--negation", choices=["plain", "perp"], default="plain",
+                   help="perp: project each NOT term off the summed positive guidance, per sample (Perp-Neg)")
+    p.add_argument("--correct", choices=["ula", "uhmc"], default=None,
+                   help="MCMC corrector steps at each noise level (see docs/operators.md); default off")
+    p.add_argument("--corrector-steps", type=int, default=CORRECTOR_STEPS)
+    p.add_argument("--corrector-step-size", type=float, default=CORRECTOR_STEP_SIZE,
+                   help=f"C in h_t = C·sigma_t² (default {CORRECTOR_STEP_SIZE})")
+    p.add_argument("--correct-range", type=float, nargs=2, metavar=("LO", "HI"), default=CORRECT_RANGE,
+                   help=f"fraction of the run's levels to correct, 0 = noisiest (default {CORRECT_RANGE[0]} {CORRECT_RANGE[1]})")
+    p.add_argument("--corrector-damping", type=float, default=CORRECTOR_DAMPING, help="U-HMC momentum persistence")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--max-batch", type=int, default=None, help="cap on rows per model call")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the model (world models)")
@@ -94,20 +106,29 @@ def run(args: argparse.Namespace) -> int:
     m = open_model(args.model, args.task, args.bf16)
     scale = m.default_scale if args.guidance_scale is None else args.guidance_scale
     eps_fn = compose(m.denoiser, m.encoder, expr, guidance_scale=scale, mode=args.mode, rescale=args.rescale,
-                     max_batch=args.max_batch)
+                     max_batch=args.max_batch, negation=args.negation)
     print(f"model: {m.name}")
     print(f"expression: {expr}")
-    for term, w in zip(eps_fn.terms, eps_fn.weights.tolist()):
-        print(f"  {w:+8.3f}  {term.concept}")
+    for i, clause in enumerate(eps_fn.clauses):
+        if len(eps_fn.clauses) > 1:
+            print(f"  clause {i + 1} (pi = {clause.weight:.3f}):")
+        for concept, w in zip(eps_fn.concepts, eps_fn.weight_matrix[i].tolist()):
+            if w:
+                print(f"  {w:+8.3f}  {concept}")
     gens = generators([args.seed + i for i in range(args.n)])
+    eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(args.n, gens))  # OR: each image draws its clause
     x_T = randn((args.n, *m.latent_shape), gens)
+    mcmc = dict(correct=args.correct, corrector_steps=args.corrector_steps,
+                corrector_step_size=args.corrector_step_size, correct_range=tuple(args.correct_range),
+                corrector_damping=args.corrector_damping)
     ts = m.schedule.timesteps(args.steps, args.spacing)
     bar = tqdm(total=len(ts), desc="sampling", unit="step", disable=args.no_progress)
     cb = lambda info: bar.update(1)  # noqa: E731
     if args.sampler == "ddim":
-        x0 = sample_ddim(eps_fn, x_T, m.schedule, ts, eta=args.eta, generator=gens, callback=cb, clip_x0=m.clip_x0)
+        x0 = sample_ddim(eps_fn, x_T, m.schedule, ts, eta=args.eta, generator=gens, callback=cb, clip_x0=m.clip_x0,
+                         **mcmc)
     else:
-        x0 = sample_ddpm(eps_fn, x_T, m.schedule, ts, generator=gens, callback=cb, clip_x0=m.clip_x0)
+        x0 = sample_ddpm(eps_fn, x_T, m.schedule, ts, generator=gens, callback=cb, clip_x0=m.clip_x0, **mcmc)
     bar.close()
     write_grid(m.decode(x0), args.out)
     print(f"wrote {args.out} ({args.n} images)")
