@@ -19,8 +19,11 @@ install: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+DEMO_EXPR := "0.30,0.30" AND "0.70,0.70" AND NOT "0.70,0.30"
+
 demo: $(STAMP)
-	$(VENV)/bin/compdiff explain '"a red cube" AND "a blue sphere":1.5 AND NOT "metal"' --guidance-scale 3
+	$(VENV)/bin/compdiff explain '$(DEMO_EXPR)' --guidance-scale 3
+	$(VENV)/bin/compdiff sample '$(DEMO_EXPR)' --n 8 --seed 0 --out demo.png
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -103,3 +103,16 @@ def test_resume_skips_finished_cells(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         run_eval(EvalSpec(task="objects", components=(1,), n=3, steps=2, methods=("composed",)), methods, judge,
                  tmp_path, 32, progress=False)
+
+
+def test_resume_can_add_a_method(tiny_models, tmp_path):
+    comp, _ = tiny_models
+    m = load_model(comp)
+    judge = load_judge(32)
+    mk = lambda name, mode: {name: Method(name, Counting(m.denoiser), m.encoder, mode, False, m.schedule)}  # noqa: E731
+    base = dict(task="objects", components=(1,), n=2, steps=1, batch_size=2)
+    run_eval(EvalSpec(methods=("composed",), **base), mk("composed", "sum"), judge, tmp_path, 32, progress=False)
+    res = run_eval(EvalSpec(methods=("composed-mean",), **base), mk("composed-mean", "mean"), judge, tmp_path, 32,
+                   progress=False)
+    assert set(res["cells"]) == {"composed/K1", "composed-mean/K1"}
+    assert res["spec"]["methods"] == ["composed", "composed-mean"]

@@ -127,11 +127,15 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
     path = out / "results.json"
     spec_d = json.loads(json.dumps(asdict(spec)))
     results = {"spec": spec_d, "cells": {}, "methods": {}}
-    if path.is_file():
+    if path.is_file():  # resume: same settings; methods and K values may be added
         old = json.loads(path.read_text())
-        if old.get("spec") != spec_d:
+        same = ("methods", "components")
+        if {k: v for k, v in old.get("spec", {}).items() if k not in same} != \
+                {k: v for k, v in spec_d.items() if k not in same}:
             raise InputError(f"{path} holds an evaluation with other settings; use another --out or --overwrite")
         results = old
+        results["spec"].update(methods=sorted(set(old["spec"]["methods"]) | set(spec.methods)),
+                               components=sorted(set(old["spec"]["components"]) | set(spec.components)))
     results["methods"].update({name: {"mode": m.mode, "joint": m.joint, **m.info} for name, m in methods.items()})
     todo = [(k, name) for k in spec.components for name in methods if f"{name}/K{k}" not in results["cells"]]
     steps = spec.steps * -(-spec.n // spec.batch_size)
