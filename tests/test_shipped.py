@@ -1,0 +1,30 @@
+"""The shipped objects model loads from the package and still places objects where asked."""
+import torch
+
+import compdiff as cd
+from compdiff.eval import load_judge
+from compdiff.models import shipped_models
+from compdiff.world import get_task
+
+
+def test_shipped_objects_model_is_in_the_package():
+    assert "objects" in shipped_models()
+    denoiser, encoder, schedule, cfg = cd.load_pretrained("objects")
+    assert cfg.task == "objects" and cfg.resolution == 32 and schedule.T == 1000
+
+
+def test_shipped_model_places_an_object_at_the_requested_position():
+    """A floor far below the benchmark (97-100% at K=1, BENCHMARKS.md) with few steps, so it is fast:
+    it fails if the weights, the loader, composition or the sampler break."""
+    denoiser, encoder, schedule, _ = cd.load_pretrained("objects")
+    positions = ["0.25,0.30", "0.70,0.25", "0.50,0.55", "0.30,0.75", "0.75,0.70", "0.15,0.50"]
+    task, judge = get_task("objects"), load_judge(32)
+    from compdiff.compose_each import compose_each
+
+    eps_fn = compose_each(denoiser, encoder, [f'"{p}"' for p in positions], guidance_scale=3.0)
+    x_T = cd.randn((len(positions), 3, 32, 32), cd.generators(range(len(positions))))
+    x = cd.sample_ddim(eps_fn, x_T, schedule, schedule.timesteps(10, "trailing"), clip_x0=1.0)
+    scenes = judge.read(x, "free")
+    hits = sum(task.holds(task.parse(p), s) for p, s in zip(positions, scenes))
+    assert hits >= 5, hits
+    assert torch.isfinite(x).all() and x.abs().max() <= 1.0
