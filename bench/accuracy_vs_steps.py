@@ -1,10 +1,11 @@
 """Judged accuracy against training steps: evaluate every snapshot of one or more runs.
 
 Each run folder written with ``compdiff train --snapshot-every N`` holds snapshots/step-*/.
-For every snapshot (and the final model), K = 1 and 2 composed accuracy on the same
+For every snapshot, composed accuracy at the given K on the same
 concept sets (``compdiff eval`` machinery, resumable per snapshot), then one markdown table.
 
-    .venv/bin/python bench/accuracy_vs_steps.py runs/objects32 runs/objects32-global --n 64 --out reports/ablation
+    .venv/bin/python bench/accuracy_vs_steps.py runs/objects32 runs/objects32-global --n 64 --components 1 \
+        --bf16 --threads 1 --out reports/ablation
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance-scale", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in the models")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -37,7 +39,7 @@ def main() -> None:
     for run in map(Path, args.runs):
         snaps = sorted((run / "snapshots").glob("step-*"))
         for snap in snaps:
-            m = load_model(snap)
+            m = load_model(snap, bf16=args.bf16)
             spec = EvalSpec(task=m.config.task, components=ks, n=args.n, steps=args.steps,
                             guidance_scale=args.guidance_scale, methods=("composed",))
             method = {"composed": Method("composed", m.denoiser, m.encoder, "sum", False, m.schedule)}
@@ -46,7 +48,7 @@ def main() -> None:
             steps = json.loads((snap / "compdiff.json").read_text())["training"]["steps"]
             variant = "bump channel + embedding" if m.config.uses_bump else "global embedding only"
             rows.append((run.name, variant, steps, [res["cells"][f"composed/K{k}"]["accuracy"] for k in ks]))
-    lines = [f"| run | conditioning | training steps | " + " | ".join(f"K={k}" for k in ks) + " |",
+    lines = ["| run | conditioning | training steps | " + " | ".join(f"K={k}" for k in ks) + " |",
              "|---|---|---|" + "---|" * len(ks)]
     lines += [f"| {r} | {v} | {s} | " + " | ".join(f"{a * 100:.1f}%" for a in accs) + " |" for r, v, s, accs in rows]
     table = "\n".join(lines) + "\n"

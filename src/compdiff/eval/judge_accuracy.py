@@ -27,7 +27,7 @@ import torch
 from compdiff.eval.judge import Judge
 from compdiff.world.render import render
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
-from compdiff.world.tasks import RADIUS, RELATIONS, Attribute, Desc, Position, Relation, get_task
+from compdiff.world.tasks import RADIUS, Attribute, Desc, Position, Relation, get_task
 
 ATTRS = ("shape", "color", "size", "material")
 _VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}

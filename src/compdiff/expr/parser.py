@@ -1,0 +1,343 @@
+"""The parser: text -> expression tree, errors with a caret (see compdiff.expr for the grammar)."""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import replace
+from typing import Iterator, NamedTuple
+
+from compdiff.errors import InputError, ParseError
+from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_DEPTH, And, Concept, Expr, Not, Or,
+                                normalize_text, quote, weighted)
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BARE_PUNCT = "_,.-"
+_STOP = '()":'  # characters that end a bare word (besides whitespace)
+
+# --------------------------------------------------------------------------
+# errors with a caret
+
+
+def _width(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+
+
+def _caret(text: str, pos: int, span: int = 72) -> str:
+    """Two lines: (a window of) ``text`` and a caret under index ``pos``."""
+    start = 0 if len(text) <= span else max(0, min(pos - span // 2, len(text) - span))
+    end = min(len(text), start + span)
+    shown = "".join(c if c.isprintable() else " " for c in text[start:end])
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(text) else ""
+    offset = len(head) + sum(_width(c) for c in shown[: pos - start])
+    return f"  {head}{shown}{tail}\n  {' ' * offset}^"
+
+
+def _error(text: str, pos: int, what: str, hint: str) -> ParseError:
+    return ParseError(f"{what} at column {pos + 1}: {hint}\n{_caret(text, pos)}")
+
+
+# --------------------------------------------------------------------------
+# lexer
+
+
+class _Tok(NamedTuple):
+    kind: str  # "(", ")", "quoted", "word", "AND", "NOT", "OR", "weight", "end"
+    pos: int  # index of the first character
+    end: int  # index after the last character
+    value: object  # str for quoted/word, float for weight
+
+
+def _bare_ok(ch: str) -> bool:
+    return ch in _BARE_PUNCT or unicodedata.category(ch)[0] in "LNM"
+
+
+def _word_end(text: str, i: int, stop: str = _STOP) -> int:
+    while i < len(text) and not text[i].isspace() and text[i] not in stop:
+        i += 1
+    return i
+
+
+def _bare_run(text: str, start: int) -> str:
+    """The bare concept text starting at ``start`` as the user probably meant
+    it (colons included), for the 'quote it like this' hints."""
+    k = end = start
+    while k < len(text):
+        while k < len(text) and text[k].isspace():
+            k += 1
+        j = _word_end(text, k, stop='()"')
+        if j == k or text[k:j] in KEYWORDS:
+            break
+        end = k = j
+    return normalize_text(text[start:end])
+
+
+def _lex(text: str) -> Iterator[_Tok]:
+    """Tokens left to right (lazily, so errors come in reading order)."""
+    n = len(text)
+    i = 0
+    prev: _Tok | None = None
+    run_start = 0  # start of the current run of bare words
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            yield _Tok("end", n, n, None)
+            return
+        c = text[i]
+        if c in "()":
+            tok = _Tok(c, i, i + 1, None)
+        elif c == '"':
+            tok = _lex_quoted(text, i)
+        elif c == ":":
+            if prev is not None and prev.kind == "word" and prev.end == i:
+                raise _glued_colon(text, i, run_start)
+            tok = _lex_weight(text, i)
+        else:
+            j = _word_end(text, i)
+            word = text[i:j]
+            if word in KEYWORDS:
+                tok = _Tok(word, i, j, word)
+            else:
+                if prev is None or prev.kind != "word":
+                    run_start = i
+                _check_word(text, i, j, run_start)
+                tok = _Tok("word", i, j, word)
+        i = tok.end
+        prev = tok
+        yield tok
+
+
+def _lex_quoted(text: str, i: int) -> _Tok:
+    j = i + 1
+    buf: list[str] = []
+    while j < len(text):
+        c = text[j]
+        if c == "\\" and j + 1 < len(text) and text[j + 1] in '"\\':
+            buf.append(text[j + 1])
+            j += 2
+            continue
+        if c == '"':
+            content = normalize_text("".join(buf))
+            if not content:
+                raise _error(text, i, "empty quoted concept",
+                             "write some text between the quotes")
+            return _Tok("quoted", i, j + 1, content)
+        buf.append(c)
+        j += 1
+    raise _error(
+        text, i, "unterminated quote",
+        "the concept that starts here has no closing '\"' (inside quotes, "
+        "write \\\" for a quote and \\\\ for a backslash)",
+    )
+
+
+def _lex_weight(text: str, i: int) -> _Tok:
+    j = _word_end(text, i + 1)
+    raw = text[i + 1:j]
+    if not raw:
+        raise _error(text, i, "weight with no number",
+                     "expected a number right after ':' (no space), e.g. \"a\":1.5")
+    if _NUMBER.fullmatch(raw):
+        w = float(raw)
+        if math.isfinite(w):
+            return _Tok("weight", i, j, w)
+    elif raw.lower().lstrip("+-") not in ("inf", "infinity", "nan"):
+        raise _error(
+            text, i + 1, f"weight ':{raw}' is not a number",
+            "write a number like :1.5, :-0.5 or :1e-3 (if ':' belongs to the "
+            "concept, put the concept in double quotes)",
+        )
+    raise _error(text, i + 1, f"non-finite weight ':{raw}'",
+                 "a weight must be a finite number")
+
+
+def _check_word(text: str, i: int, j: int, run_start: int) -> None:
+    word = text[i:j]
+    core = word.strip(_BARE_PUNCT)
+    if core in KEYWORDS:
+        raise _error(
+            text, i, f"'{word}' is the keyword {core} glued to punctuation",
+            f"put spaces around {core}, or quote the concept",
+        )
+    for k in range(i, j):
+        if not _bare_ok(text[k]):
+            example = quote(_bare_run(text, run_start))
+            raise _error(
+                text, k, f"character {text[k]!r} in unquoted text",
+                "unquoted concepts may only hold letters, digits, spaces and "
+                f"_ , . - ; quote the concept, e.g. {example}",
+            )
+
+
+def _glued_colon(text: str, i: int, run_start: int) -> ParseError:
+    before = normalize_text(text[run_start:i])
+    after = text[i + 1:_word_end(text, i + 1)]
+    return _error(
+        text, i, "':' glued to unquoted text",
+        f"quote the concept ({quote(_bare_run(text, run_start))}), or put a "
+        f"space before a weight ({before} :{after})",
+    )
+
+
+# --------------------------------------------------------------------------
+# parser (recursive descent; depth-limited)
+
+
+class _Parser:
+    def __init__(self, text: str, max_concepts: int) -> None:
+        self.text = text
+        self.max_concepts = max_concepts
+        self.count = 0
+        self._toks = _lex(text)
+        self.prev: _Tok | None = None
+        self.tok = next(self._toks)
+
+    def advance(self) -> None:
+        self.prev = self.tok
+        self.tok = next(self._toks)
+
+    def error(self, tok: _Tok, what: str, hint: str) -> ParseError:
+        return _error(self.text, tok.pos, what, hint)
+
+    def parse_or(self, depth: int) -> Expr:
+        children = [self.parse_and(depth)]
+        while self.tok.kind == "OR":
+            self.advance()
+            children.append(self.parse_and(depth))
+        return children[0] if len(children) == 1 else Or(tuple(children))
+
+    def parse_and(self, depth: int) -> Expr:
+        children = [self.parse_unary(depth)]
+        while self.tok.kind == "AND":
+            self.advance()
+            children.append(self.parse_unary(depth))
+        return children[0] if len(children) == 1 else And(tuple(children))
+
+    def parse_unary(self, depth: int) -> Expr:
+        nots = 0
+        while self.tok.kind == "NOT":  # a loop, not recursion: NOT NOT ... a
+            self.check_depth(depth + nots)
+            nots += 1
+            self.advance()
+        e = self.parse_primary(depth + nots)
+        for _ in range(nots):
+            e = Not(e)
+        return e
+
+    def parse_primary(self, depth: int) -> Expr:
+        t = self.tok
+        if t.kind == "quoted":
+            self.advance()
+            return self.weight_on_concept(self.concept(t, str(t.value)))
+        if t.kind == "word":
+            words = []
+            while self.tok.kind == "word":
+                words.append(str(self.tok.value))
+                self.advance()
+            return self.weight_on_concept(self.concept(t, " ".join(words)))
+        if t.kind == "(":
+            self.check_depth(depth)
+            self.advance()
+            if self.tok.kind == ")":
+                raise self.error(t, "empty parentheses", "expected a concept inside")
+            inner = self.parse_or(depth + 1)
+            if self.tok.kind == "end":
+                raise self.error(t, "unclosed '('", "no matching ')'")
+            if self.tok.kind != ")":
+                raise self.unexpected()
+            self.advance()
+            if self.tok.kind == "weight":
+                w = float(self.tok.value)  # type: ignore[arg-type]
+                self.advance()
+                return weighted(inner, w)
+            return inner
+        raise self.expected_concept()
+
+    def concept(self, tok: _Tok, text: str) -> Concept:
+        self.count += 1
+        if self.count > self.max_concepts:
+            raise self.error(
+                tok, "too many concepts",
+                f"at most {self.max_concepts} are allowed (max_concepts="
+                f"{self.max_concepts}); raise it with parse(..., max_concepts=N) "
+                "or --max-concepts N on the command line",
+            )
+        return Concept(text)
+
+    def weight_on_concept(self, c: Concept) -> Concept:
+        if self.tok.kind != "weight":
+            return c
+        w = float(self.tok.value)  # type: ignore[arg-type]
+        self.advance()
+        return replace(c, weight=w)
+
+    def check_depth(self, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise self.error(
+                self.tok, "nesting too deep",
+                f"at most {MAX_DEPTH} levels of parentheses and NOTs",
+            )
+
+    def expected_concept(self) -> ParseError:
+        """Error for a token where a concept should start."""
+        t, p = self.tok, self.prev
+        ops = ("AND", "OR", "NOT")
+        if t.kind in ("end", ")"):
+            if p is not None and p.kind in ops:
+                return self.error(p, f"dangling {p.kind}", "expected a concept after it")
+            if p is not None and p.kind == "(":
+                return self.error(p, "unclosed '('", "no matching ')'")
+            return self.error(t, "unmatched ')'", "no '(' before it")
+        if t.kind in ("AND", "OR"):
+            if p is not None and p.kind in ops:
+                return self.error(t, f"{t.kind} right after {p.kind}",
+                                  "expected a concept between them")
+            return self.error(t, f"dangling {t.kind}", "expected a concept before it")
+        assert t.kind == "weight", t
+        return self.error(
+            t, "weight with nothing to weigh",
+            "a weight goes right after a concept or ')', e.g. \"a\":1.5 or (\"a\" AND \"b\"):2",
+        )
+
+    def unexpected(self) -> ParseError:
+        """Error for a token where AND, OR, ')' or the end should come."""
+        t = self.tok
+        if t.kind in ("quoted", "word", "("):
+            return self.error(
+                t, "two concepts with no operator between them",
+                "put AND (or OR) between them, or quote them as one concept",
+            )
+        if t.kind == "NOT":
+            return self.error(t, "NOT cannot join two concepts", "write AND NOT")
+        if t.kind == ")":
+            return self.error(t, "unmatched ')'", "no '(' before it")
+        assert t.kind == "weight", t
+        return self.error(
+            t, "second weight",
+            "a concept or group takes one weight; to scale a weighted one, "
+            "use parentheses, e.g. (\"a\":2):1.5",
+        )
+
+
+def parse(text: str, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> Expr:
+    """Parse a concept expression such as ``"a red cube" AND NOT "metal":0.5``.
+
+    Raises ``ParseError`` (and only that, for any string) naming the column,
+    with the text and a caret under the bad place. ``max_concepts`` limits the
+    number of concept leaves (counted before merging repeats).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse() takes a str, got {type(text).__name__}")
+    if isinstance(max_concepts, bool) or not isinstance(max_concepts, int) or max_concepts < 1:
+        raise InputError(f"max_concepts must be a positive integer, got {max_concepts!r}")
+    if not text.strip():
+        raise ParseError('empty expression: write at least one concept, e.g. "a red cube"')
+    p = _Parser(text, max_concepts)
+    e = p.parse_or(0)
+    if p.tok.kind != "end":
+        raise p.unexpected()
+    return e
