@@ -9,14 +9,16 @@ from compdiff.world import get_task
 
 def test_shipped_objects_model_is_in_the_package():
     assert "objects" in shipped_models()
-    denoiser, encoder, schedule, cfg = cd.load_pretrained("objects")
+    loaded = cd.load_pretrained("objects")
+    denoiser, encoder, schedule = loaded
+    cfg = loaded.config
     assert cfg.task == "objects" and cfg.resolution == 32 and schedule.T == 1000
 
 
 def test_shipped_model_places_an_object_at_the_requested_position():
     """A floor far below the benchmark (97-100% at K=1, BENCHMARKS.md) with few steps, so it is fast:
     it fails if the weights, the loader, composition or the sampler break."""
-    denoiser, encoder, schedule, _ = cd.load_pretrained("objects")
+    denoiser, encoder, schedule = cd.load_pretrained("objects")
     positions = ["0.25,0.30", "0.70,0.25", "0.50,0.55", "0.30,0.75", "0.75,0.70", "0.15,0.50"]
     task, judge = get_task("objects"), load_judge(32)
     from compdiff.compose_each import compose_each

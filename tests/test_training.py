@@ -71,7 +71,9 @@ def _run_until(cfg: TrainConfig, stop_at: int) -> None:
 
 def test_exported_model_loads_and_samples(tmp_path):
     result = train(TrainConfig(out=str(tmp_path / "r"), steps=2, **TINY), progress=False)
-    denoiser, encoder, schedule, cfg = load_model(result.model_dir)
+    loaded = load_model(result.model_dir)
+    denoiser, encoder, schedule = loaded
+    cfg = loaded.config
     assert cfg.task == "objects" and cfg.resolution == 16
     out = denoiser(torch.randn(2, 3, 16, 16), torch.tensor([5, 900]), encoder.encode(["0.3,0.4", "0.5,0.5"]))
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()

@@ -2,7 +2,7 @@
 
     import compdiff as cd
     expr = cd.parse('"0.30,0.50" AND "0.70,0.50" AND NOT "0.50,0.20"')
-    denoiser, encoder, schedule, _ = cd.load_pretrained("objects")
+    denoiser, encoder, schedule = cd.load_pretrained("objects")
     eps_fn = cd.compose(denoiser, encoder, expr, guidance_scale=3.0)
     x0 = cd.sample_ddim(eps_fn, x_T, schedule, schedule.timesteps(50))
 
@@ -19,14 +19,14 @@ __version__ = "0.1.0"
 
 
 def load_pretrained(task: str = "objects", bf16: bool = False):
-    """(denoiser, encoder, schedule, config) of the model shipped for ``task``; see compdiff.models."""
+    """(denoiser, encoder, schedule) of the model shipped for ``task`` (``.config`` too); see compdiff.models."""
     from compdiff.models import load_pretrained as _load
 
     return _load(task, bf16=bf16)
 
 
 def load_model(path, bf16: bool = False):
-    """(denoiser, encoder, schedule, config) of a model directory written by ``compdiff train``."""
+    """(denoiser, encoder, schedule) of a model directory written by ``compdiff train`` (``.config`` too)."""
     from compdiff.models import load_model as _load
 
     return _load(path, bf16=bf16)

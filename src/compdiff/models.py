@@ -36,10 +36,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class Loaded(NamedTuple):
+    """Unpacks as ``denoiser, encoder, schedule`` (../shared/DESIGN.md); ``.config`` is the ModelConfig."""
+
     denoiser: "InferenceDenoiser"
     encoder: ConceptEncoder
     schedule: NoiseSchedule
-    config: ModelConfig
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.denoiser.net.cfg
 
 
 def condition_spec(task: str) -> dict[str, Any]:
@@ -138,7 +143,7 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     net = ConditionalUNet(cfg, unet)
     net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
     encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
-    return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]), cfg)
+    return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]))
 
 
 def shipped_models() -> dict[str, Path]:
