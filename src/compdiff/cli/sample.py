@@ -155,6 +155,9 @@ def write_grid(images: torch.Tensor, out: str, columns: int = 8, min_cell: int =
     os.close(fd)
     try:
         grid.save(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the PNG ordinary permissions
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
