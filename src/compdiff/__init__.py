@@ -4,7 +4,8 @@
     expr = cd.parse('"0.30,0.50" AND "0.70,0.50" AND NOT "0.50,0.20"')
     denoiser, encoder, schedule = cd.load_pretrained("objects")
     eps_fn = cd.compose(denoiser, encoder, expr, guidance_scale=3.0)
-    x0 = cd.sample_ddim(eps_fn, x_T, schedule, schedule.timesteps(50))
+    x_T = cd.randn((4, 3, 32, 32), cd.generators([0, 1, 2, 3]))
+    x0 = cd.sample_ddim(eps_fn, x_T, schedule, schedule.timesteps(50, "trailing"), clip_x0=1.0)
 
 Heavy submodules (models, world, eval, backends) load on first use.
 """
