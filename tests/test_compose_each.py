@@ -32,3 +32,16 @@ def test_one_forward_per_step_and_chunking():
     chunked = compose_each(den, enc, EXPRS, guidance_scale=3.0, max_batch=5)(x, t)
     torch.testing.assert_close(chunked, ref, rtol=1e-12, atol=1e-12)
     assert enc.calls == 2  # one encode per composition, for every expression at once
+
+
+def test_perp_negation_matches_compose_per_sample():
+    den, enc = ConvDenoiser(), TableEncoder()
+    exprs = ['"a" AND NOT "b"', '"c" AND "d" AND NOT "e":0.5']
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    t = torch.tensor([200, 800])
+    out = compose_each(den, enc, exprs, guidance_scale=2.0, negation="perp")(x, t)
+    for b, e in enumerate(exprs):
+        ref = compose(den, enc, e, guidance_scale=2.0, negation="perp")(x[b:b + 1], t[b:b + 1])
+        torch.testing.assert_close(out[b:b + 1], ref, rtol=1e-12, atol=1e-12)
+    plain = compose_each(den, enc, exprs, guidance_scale=2.0)(x, t)
+    assert not torch.allclose(out, plain)  # the projection changed the NOT terms

@@ -116,3 +116,15 @@ def test_resume_can_add_a_method(tiny_models, tmp_path):
                    progress=False)
     assert set(res["cells"]) == {"composed/K1", "composed-mean/K1"}
     assert res["spec"]["methods"] == ["composed", "composed-mean"]
+
+
+def test_eval_with_perp_negation_and_a_corrector(tiny_models, tmp_path):
+    comp, _ = tiny_models
+    m = load_model(comp)
+    den = Counting(m.denoiser)
+    methods = {"composed": Method("composed", den, m.encoder, "sum", False, m.schedule)}
+    spec = EvalSpec(task="objects", components=(1,), n=2, steps=4, batch_size=2, negate=True, negation="perp",
+                    correct="ula", corrector_steps=1, methods=("composed",))
+    res = run_eval(spec, methods, load_judge(32), tmp_path, 32, progress=False)
+    assert res["spec"]["negation"] == "perp" and res["spec"]["correct"] == "ula"
+    assert den.calls == 4 + 2  # 4 steps, plus one corrector evaluation on each of the 2 cleaner levels

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from compdiff.compose import Mode, effective_weights
+from compdiff.compose import Mode, Negation, _perpendicular, effective_weights
 from compdiff.denoiser import ConceptEncoder, Denoiser
 from compdiff.errors import InputError
 from compdiff.expr import Expr, parse
@@ -25,8 +25,10 @@ class EachComposedEps:
     cond: (G, B, ...) with G = Kmax + 1 and cond[0] the null rows; weights: (G-1, B) float64.
     """
 
-    def __init__(self, denoiser: Denoiser, cond: Tensor, weights: Tensor, max_batch: int | None) -> None:
+    def __init__(self, denoiser: Denoiser, cond: Tensor, weights: Tensor, max_batch: int | None,
+                 negation: Negation = "plain") -> None:
         self.denoiser, self.cond, self.weights, self.max_batch = denoiser, cond, weights, max_batch
+        self.negation = negation
         self.rows_evaluated = 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -43,11 +45,15 @@ class EachComposedEps:
         out = torch.cat([self.denoiser(x_in[i:i + m], t_in[i:i + m], c_in[i:i + m]) for i in range(0, G * B, m)])
         out = out.reshape(G, B, *x.shape[1:])
         w = self.weights.to(x.device, out.dtype).reshape(G - 1, B, *([1] * (x.ndim - 1)))
-        return out[0] + (w * (out[1:] - out[0])).sum(0)
+        delta = out[1:] - out[0]
+        if self.negation == "perp":
+            delta = _perpendicular(delta, w)
+        return out[0] + (w * delta).sum(0)
 
 
 def compose_each(denoiser: Denoiser, encoder: ConceptEncoder, exprs: Sequence[Expr | str],
-                 guidance_scale: float = 1.0, mode: Mode = "sum", max_batch: int | None = None) -> EachComposedEps:
+                 guidance_scale: float = 1.0, mode: Mode = "sum", max_batch: int | None = None,
+                 negation: Negation = "plain") -> EachComposedEps:
     """Sample b follows ``exprs[b]``, composed exactly as ``compose(denoiser, encoder, exprs[b], ...)``."""
     parsed = [parse(e) if isinstance(e, str) else e for e in exprs]
     if not parsed:
@@ -56,6 +62,8 @@ def compose_each(denoiser: Denoiser, encoder: ConceptEncoder, exprs: Sequence[Ex
         raise InputError("compose_each does not support OR")
     if max_batch is not None and max_batch < 1:
         raise InputError(f"max_batch must be >= 1, got {max_batch}")
+    if negation not in ("plain", "perp"):
+        raise InputError(f"negation must be 'plain' or 'perp', got {negation!r}")
     terms = [[term for term in e.terms() if term.weight != 0.0] for e in parsed]
     K = max(len(ts) for ts in terms)
     null = encoder.null()  # (1, ...)
@@ -69,4 +77,4 @@ def compose_each(denoiser: Denoiser, encoder: ConceptEncoder, exprs: Sequence[Ex
             cond[k + 1, b] = rows[i]
             weights[k, b] = w
             i += 1
-    return EachComposedEps(denoiser, cond, weights, max_batch)
+    return EachComposedEps(denoiser, cond, weights, max_batch, negation)

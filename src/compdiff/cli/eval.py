@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--negation", choices=["plain", "perp"], default="plain",
+                   help="perp: project NOT terms off the positive guidance, per sample")
+    p.add_argument("--correct", choices=["ula", "uhmc"], default=None, help="MCMC corrector (default off)")
+    p.add_argument("--corrector-steps", type=int, default=2, help="corrector steps per corrected level")
     p.add_argument("--seed", type=int, default=7, help="concept sets and noise (default 7)")
     p.add_argument("--batch-size", type=int, default=64, help="sets sampled together (default 64)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the models")
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--n, --batch-size and --steps must be >= 1")
     spec = EvalSpec(task=task.name, components=ks, n=args.n, negate=args.negate, sampler=args.sampler,
                     steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
-                    batch_size=args.batch_size, methods=methods)
+                    batch_size=args.batch_size, methods=methods, negation=args.negation, correct=args.correct,
+                    corrector_steps=args.corrector_steps)
     out = Path(args.out)
     if args.overwrite and out.exists():
         shutil.rmtree(out)

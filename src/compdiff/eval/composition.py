@@ -53,6 +53,9 @@ class EvalSpec:
     seed: int = 7
     batch_size: int = 64
     clip_x0: float | None = 1.0  # world images lie in [-1, 1]
+    negation: str = "plain"  # "perp": Perp-NOT (compose's negation option)
+    correct: str | None = None  # MCMC corrector ("ula" | "uhmc"), see compdiff.correctors
+    corrector_steps: int = 2
     methods: tuple[str, ...] = ("composed",)
 
 
@@ -84,13 +87,15 @@ def _generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec
     for start in range(0, len(sets), spec.batch_size):
         chunk = sets[start:start + spec.batch_size]
         eps_fn = compose_each(method.denoiser, method.encoder, [method.expression(task, s) for s in chunk],
-                              guidance_scale=spec.guidance_scale, mode=method.mode)
+                              guidance_scale=spec.guidance_scale, mode=method.mode, negation=spec.negation)
         gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
         x_T = randn((len(chunk), *shape), gens)
+        kw = dict(generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0, correct=spec.correct,
+                  corrector_steps=spec.corrector_steps)
         if spec.sampler == "ddim":
-            x = sample_ddim(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0)
+            x = sample_ddim(eps_fn, x_T, schedule, ts, **kw)
         else:
-            x = sample_ddpm(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0)
+            x = sample_ddpm(eps_fn, x_T, schedule, ts, **kw)
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 
