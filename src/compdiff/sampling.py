@@ -28,7 +28,7 @@ sampler's error is made and fixed.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -137,6 +137,13 @@ class _Correction(NamedTuple):
         return correctors.uhmc(eps_fn, schedule, x, t, eps, self.steps, self.c, self.damping, noise)
 
 
+def _levels(schedule: NoiseSchedule, ts: list[int]) -> Iterator[tuple[int, int, float, float]]:
+    """(i, t, a_t, a_s) for each step of the run: s is the next listed timestep, a_s = 1 after the last."""
+    a = schedule.alphas_cumprod.tolist()
+    for i, t in enumerate(ts):
+        yield i, t, a[t], (a[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+
+
 def sample_ddpm(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, timesteps: Timesteps = None,
                 generator: Generator = None, callback: Callback | None = None,
                 clip_x0: float | None = None, *, correct: Corrector | None = None,
@@ -153,18 +160,16 @@ def sample_ddpm(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, timesteps: 
     """
     fix = _Correction.check(correct, corrector_steps, corrector_step_size, correct_range, corrector_damping)
     ts = _timesteps(schedule, timesteps)
-    a = schedule.alphas_cumprod.tolist()
     x = x_T
-    for i, t in enumerate(ts):
-        s = ts[i + 1] if i + 1 < len(ts) else -1
-        a_t, a_s = a[t], (a[s] if s >= 0 else 1.0)
+    for i, t, a_t, a_s in _levels(schedule, ts):
+        last = i + 1 == len(ts)
         beta = 1 - a_t / a_s
         eps = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
         x, eps = fix(eps_fn, schedule, x, t, eps, i, len(ts), generator)
         _, x0 = _x0(x, eps, a_t, clip_x0)
         # posterior mean, DDPM eq. 7: mu = sqrt(a_s) beta/(1-a_t) x0 + sqrt(1-beta) (1-a_s)/(1-a_t) x_t
         mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x
-        if s >= 0:
+        if not last:
             # beta tilde = (1-a_s)/(1-a_t) beta, floored like diffusers' DDPMScheduler
             var = max((1 - a_s) / (1 - a_t) * beta, 1e-20)
             x = mean + math.sqrt(var) * randn(x.shape, generator, x.dtype, x.device)
@@ -195,11 +200,8 @@ def sample_ddim(eps_fn: EpsFn, x_T: Tensor, schedule: NoiseSchedule, timesteps: 
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     ts = _timesteps(schedule, timesteps)
-    a = schedule.alphas_cumprod.tolist()
     x = x_T
-    for i, t in enumerate(ts):
-        s = ts[i + 1] if i + 1 < len(ts) else -1
-        a_t, a_s = a[t], (a[s] if s >= 0 else 1.0)
+    for i, t, a_t, a_s in _levels(schedule, ts):
         eps = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
         x, eps = fix(eps_fn, schedule, x, t, eps, i, len(ts), generator)
         eps, x0 = _x0(x, eps, a_t, clip_x0)
