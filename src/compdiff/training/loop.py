@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -138,7 +139,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     out = Path(cfg.out)
     if acc.is_main_process:
         if overwrite and out.exists():
-            import shutil
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_FILE).write_text(json.dumps(asdict(cfg), indent=1))
@@ -253,8 +253,6 @@ def _checkpoint(cfg, acc, net, ema, opt, done: int) -> None:
 
 def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done: int) -> None:
     """Write the EMA model as a loadable model directory, atomically."""
-    import shutil
-
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
