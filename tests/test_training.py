@@ -96,6 +96,7 @@ def test_load_refuses_pickles(tmp_path):
     (["--resolution", "31"], "multiple of 2"),
     (["--batch-size", "0"], "batch-size must be >= 1"),
     (["--channels", "16,x"], "comma-separated"),
+    (["--max-objects", "6"], "--max-objects for task objects must be in [1, 5]"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, bad, message):
     out = tmp_path / "run"
@@ -178,3 +179,9 @@ def test_two_cpu_processes_with_accelerate(tmp_path):
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # one log, written by the main process only
     load_model(run / "model")
+
+
+def test_max_objects_is_recorded_in_the_model(tmp_path):
+    result = train(TrainConfig(out=str(tmp_path / "r"), steps=1, max_objects=2, **TINY), progress=False)
+    meta = json.loads((result.model_dir / "compdiff.json").read_text())
+    assert meta["training"]["max_objects"] == 2

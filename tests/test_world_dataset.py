@@ -57,3 +57,21 @@ def test_joint_cap_and_bad_index():
     assert all(ds.task.holds(c, ds.scene(0)) for c in ds.task.from_tensor(s.cond))
     with pytest.raises(IndexError):
         ds[10]
+
+
+@pytest.mark.parametrize("task,cap", [("objects", 2), ("relations", 2), ("objects", 1)])
+def test_max_objects_caps_scenes(task, cap):
+    ds = WorldDataset(task, 16, seed=3, length=400, max_objects=cap)
+    counts = [len(ds.scene(i).objects) for i in range(400)]
+    assert max(counts) == cap and min(counts) == get_task(task).min_objects
+    j = WorldDataset(task, 16, seed=3, length=400, joint=True, max_objects=cap)
+    assert int(j.batch(range(50)).mask.sum(1).max()) <= get_task(task).max_true(cap)
+    full = WorldDataset(task, 16, seed=3, length=400)  # default: the task's own range, untouched
+    assert max(len(full.scene(i).objects) for i in range(400)) == get_task(task).max_objects
+
+
+def test_max_objects_out_of_range():
+    with pytest.raises(ValueError, match=r"max_objects for task relations must be in \[2, 5\]"):
+        WorldDataset("relations", 16, seed=0, max_objects=1)
+    with pytest.raises(ValueError, match="attributes"):
+        WorldDataset("attributes", 16, seed=0, max_objects=2)

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
     p.add_argument("--joint", action="store_true",
                    help="the joint-conditioning baseline: condition on the scene's whole concept set")
+    p.add_argument("--max-objects", type=int, default=None,
+                   help="at most this many objects per training scene (default: the task's own, "
+                        "objects 5, relations 5); e.g. 2 to test composition beyond training")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--snapshot-every", type=int, default=0,
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                       snapshot_every=args.snapshot_every, channels=channels,
                       layers_per_block=args.layers_per_block, spatial=not args.no_spatial,
-                      attention=args.attention, joint=args.joint)
+                      attention=args.attention, joint=args.joint,
+                      max_objects=args.max_objects)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

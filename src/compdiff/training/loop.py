@@ -58,6 +58,7 @@ class TrainConfig:
     spatial: bool = True
     attention: bool = False
     joint: bool = False  # the joint-conditioning baseline: condition = the scene's whole concept set
+    max_objects: int | None = None  # cap on objects per training scene (None: the task's own)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
@@ -65,7 +66,10 @@ class TrainConfig:
                            attention=self.attention, joint=self.joint, **condition_spec(self.task))
 
     def validate(self) -> None:
-        get_task(self.task)
+        task = get_task(self.task)
+        if self.max_objects is not None and not task.min_objects <= self.max_objects <= task.max_objects:
+            raise InputError(f"--max-objects for task {task.name} must be in "
+                             f"[{task.min_objects}, {task.max_objects}], got {self.max_objects}")
         levels = len(self.channels) - 1
         if self.resolution < 8 or self.resolution % (2**levels):
             raise InputError(f"--resolution {self.resolution} cannot go through a UNet with {levels} "
@@ -156,16 +160,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         state = load_checkpoint(ckpt)
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
         start = state["step"]
         if acc.is_main_process:
             _truncate_metrics(out / "metrics.jsonl", start)
     net, opt = acc.prepare(net, opt)
+    if ckpt is not None:  # after prepare: torch puts the state beside the (moved) parameters
+        opt.load_state_dict(state["optimizer"])
+    ema.to(acc.device)
     schedule = make_schedule(cfg.schedule)
     a = schedule.alphas_cumprod.float().to(acc.device)
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
-                        length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint)
+                        length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint,
+                        max_objects=cfg.max_objects)
 
     stop = _Stop()
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process),
@@ -258,6 +265,8 @@ def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done:
         shutil.rmtree(tmp)
     info = {"steps": steps_done, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "precision": cfg.precision}
+    if cfg.max_objects is not None:
+        info["max_objects"] = cfg.max_objects
     if cfg.joint:
         info["kmax"] = get_task(cfg.task).max_true()
     save_model(ema, tmp, cfg.schedule, info)

@@ -19,6 +19,9 @@ Return types (NamedTuples, so they unpack like tuples):
   40, attributes 4). When more are true than Kmax, a random subset (drawn
   from the label generator, kept in canonical order) is returned. No null
   dropout in joint mode. ``batch`` stacks to (B,Kmax,D) and (B,Kmax).
+
+``max_objects`` (default: the task's own) caps the objects per scene, e.g. to
+train on scenes of at most 2 objects and test composition beyond them.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from compdiff.world.render import render
-from compdiff.world.scene import Scene
+from compdiff.world.scene import Scene, scene_at
 from compdiff.world.tasks import Task, get_task
 
 
@@ -49,8 +52,12 @@ class JointSample(NamedTuple):
 class WorldDataset(Dataset):
     def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
                  length: int = 100_000, joint: bool = False,
-                 max_concepts: int | None = None) -> None:
+                 max_concepts: int | None = None, max_objects: int | None = None) -> None:
         self.task = get_task(task)
+        self.max_objects = self.task.max_objects if max_objects is None else int(max_objects)
+        if not self.task.min_objects <= self.max_objects <= self.task.max_objects:
+            raise ValueError(f"max_objects for task {self.task.name} must be in "
+                             f"[{self.task.min_objects}, {self.task.max_objects}], got {max_objects}")
         if not 0.0 <= null_prob <= 1.0:
             raise ValueError(f"null_prob must be in [0, 1], got {null_prob}")
         if length < 1 or seed < 0:
@@ -63,7 +70,12 @@ class WorldDataset(Dataset):
         return self.length
 
     def scene(self, index: int) -> Scene:
-        return self.task.scene(self.seed, self._check(index))
+        return self._scene(self._check(index))
+
+    def _scene(self, index: int) -> Scene:
+        if self.max_objects == self.task.max_objects:
+            return self.task.scene(self.seed, index)
+        return scene_at(self.seed, index, self.task.min_objects, self.max_objects, self.task.layout)
 
     def _check(self, index: int) -> int:
         index = int(index)
@@ -91,7 +103,7 @@ class WorldDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample | JointSample:
         index = self._check(index)
-        scene = self.task.scene(self.seed, index)
+        scene = self._scene(index)
         cond, flag = self._label(index, scene)
         image = render([scene], self.resolution)[0]
         return (JointSample if self.joint else Sample)(image, cond, flag)
@@ -100,7 +112,7 @@ class WorldDataset(Dataset):
         """All ``indices`` at once: one render call; equals stacking __getitem__."""
         idx = [self._check(i) for i in (indices.tolist() if isinstance(indices, Tensor)
                                         else indices)]
-        scenes = [self.task.scene(self.seed, i) for i in idx]
+        scenes = [self._scene(i) for i in idx]
         labels = [self._label(i, s) for i, s in zip(idx, scenes)]
         images = render(scenes, self.resolution)
         cond = torch.stack([c for c, _ in labels]) if labels else \

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (the `device` tool; H200 here), about 9 minutes:
+#  1. bench/sd_compose.py on CUDA, fp16: the benchmark's UNet and SD 1.x's full layout (#6);
+#  2. six world models trained side by side with bench/train_shipped.sh (#5's models and
+#     baselines, all with the same recipe and the same number of steps):
+#     relations32 (--attention), relations32-joint, attributes32, attributes32-joint,
+#     objects32-le2 and objects32-joint-le2 (scenes of at most 2 objects).
+#     All first run the 100 warm-up steps; their speed sets STEPS for the rest so that all
+#     end inside the budget (resuming after warm-up equals one run of STEPS from the start).
+# Results: $OUT/<run>.tgz (model, metrics, loss plot), $OUT/sd_cuda.md; the log on stdout.
+# Needs .whl/ with diffusers (not on the machine): see BENCHMARKS.md for the command.
+#   device run: bench/gpu_round.sh   (carry .whl)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_round}
+BUDGET=${BUDGET:-470}   # seconds from start by which training must be over
+WARM=${WARM:-100}       # the warm-up steps (train_shipped's lr warm-up is 100)
+EXTRA=${EXTRA:-}        # more train flags for every job (a CPU smoke test: EXTRA="--channels 8,8,8")
+SD=${SD:-1}             # 0: skip the SD benchmark
+mkdir -p "$OUT"
+start=$(date +%s)
+el() { echo $(( $(date +%s) - start )); }
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHON=python3 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, diffusers, compdiff; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__)" || exit 1
+
+echo "== [$(el)s] SD composition benchmark"
+[ "$SD" = 1 ] && { timeout 100 python3 bench/sd_compose.py --device cuda --dtype float16 --reps 10
+  echo
+  timeout 90 python3 bench/sd_compose.py --device cuda --dtype float16 --reps 10 --sd15; } > "$OUT/sd_cuda.md" 2>&1
+[ "$SD" = 1 ] && cat "$OUT/sd_cuda.md"
+
+jobs_=("relations32 relations --attention" "relations32-joint relations --attention --joint"
+       "attributes32 attributes" "attributes32-joint attributes --joint"
+       "objects32-le2 objects --max-objects 2" "objects32-joint-le2 objects --joint --max-objects 2")
+launch() {  # launch STEPS TIMEOUT: all jobs in parallel, wait for all
+  local pids=()
+  for j in "${jobs_[@]}"; do
+    set -- $j; local name=$1; shift
+    NAME=$name STEPS=$STEPS_ OMP_NUM_THREADS=2 timeout -s TERM "$TIMEOUT_" bench/train_shipped.sh "$@" \
+      --no-progress --checkpoint-every 500 --snapshot-every 0 $EXTRA > "runs/$name.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+mkdir -p runs
+echo "== [$(el)s] warm-up: $WARM steps each, 6 jobs side by side"
+t1=$(date +%s); STEPS_=$WARM TIMEOUT_=150 launch; t1=$(( $(date +%s) - t1 ))
+for j in "${jobs_[@]}"; do set -- $j; tail -n 2 "runs/$1.log"; tail -n 1 "runs/$1/metrics.jsonl"; done
+left=$(( BUDGET - $(el) - 25 ))
+# each resumed process pays its start-up again (~10 s); rate from the warm-up, 85% to be safe
+steps=$(python3 -c "r=$WARM/max(1,$t1-8); print(max(2*$WARM, min(20000, int(($left-12)*r*0.85/100)*100)))")
+echo "== [$(el)s] warm-up took ${t1}s; training all to $steps steps (budget ${left}s)"
+if [ "$left" -gt 60 ]; then STEPS_=$steps TIMEOUT_=$(( left + 15 )) launch; else echo "no time left to train"; fi
+echo "== [$(el)s] done"
+for j in "${jobs_[@]}"; do
+  set -- $j
+  tail -n 3 "runs/$1.log"; tail -n 1 "runs/$1/metrics.jsonl"
+  cp "runs/$1.log" "runs/$1/train.log"
+  tar czf "$OUT/$1.tgz" -C runs "$1/model" "$1/metrics.jsonl" "$1/run.json" "$1/train.log" $( [ -f "runs/$1/loss.png" ] && echo "$1/loss.png")
+done
+ls -la "$OUT"; echo "== [$(el)s] end"
