@@ -8,6 +8,7 @@
 #     All first run the 100 warm-up steps; their speed sets STEPS for the rest so that all
 #     end inside the budget (resuming after warm-up equals one run of STEPS from the start).
 # Results: $OUT/<run>.tgz (model, metrics, loss plot), $OUT/sd_cuda.md; the log on stdout.
+# JOBS="relations32 relations32-joint": only these runs.
 # Needs .whl/ with diffusers (not on the machine): see BENCHMARKS.md for the command.
 #   device run: bench/gpu_round.sh   (carry .whl)
 set -uo pipefail
@@ -37,6 +38,9 @@ echo "== [$(el)s] SD composition benchmark"
 jobs_=("relations32 relations --attention" "relations32-joint relations --attention --joint"
        "attributes32 attributes" "attributes32-joint attributes --joint"
        "objects32-le2 objects --max-objects 2" "objects32-joint-le2 objects --joint --max-objects 2")
+if [ -n "${JOBS:-}" ]; then  # JOBS="name name ...": only these runs
+  keep=(); for j in "${jobs_[@]}"; do set -- $j; [[ " $JOBS " == *" $1 "* ]] && keep+=("$j"); done; jobs_=("${keep[@]}")
+fi
 launch() {  # launch STEPS TIMEOUT: all jobs in parallel, wait for all
   local pids=()
   for j in "${jobs_[@]}"; do
@@ -52,9 +56,12 @@ echo "== [$(el)s] warm-up: $WARM steps each, 6 jobs side by side"
 t1=$(date +%s); STEPS_=$WARM TIMEOUT_=150 launch; t1=$(( $(date +%s) - t1 ))
 for j in "${jobs_[@]}"; do set -- $j; tail -n 2 "runs/$1.log"; tail -n 1 "runs/$1/metrics.jsonl"; done
 left=$(( BUDGET - $(el) - 25 ))
-# each resumed process pays its start-up again (~10 s); rate from the warm-up, 85% to be safe
-steps=$(python3 -c "r=$WARM/max(1,$t1-8); print(max(2*$WARM, min(20000, int(($left-12)*r*0.85/100)*100)))")
-echo "== [$(el)s] warm-up took ${t1}s; training all to $steps steps (budget ${left}s)"
+# rate: the slowest job's images/s over its last logged warm-up steps, 90% to be safe;
+# each resumed process pays its start-up again (~15 s)
+rate=$(for j in "${jobs_[@]}"; do set -- $j; tail -n 1 "runs/$1/metrics.jsonl"; done |
+       python3 -c "import sys, json; print(min(json.loads(l)['images_per_s'] for l in sys.stdin) / 64)")
+steps=$(python3 -c "print(max(2*$WARM, min(20000, int(($left-15)*$rate*0.9/100)*100)))")
+echo "== [$(el)s] warm-up took ${t1}s ($rate steps/s); training all to $steps steps (budget ${left}s)"
 if [ "$left" -gt 60 ]; then STEPS_=$steps TIMEOUT_=$(( left + 15 )) launch; else echo "no time left to train"; fi
 echo "== [$(el)s] done"
 for j in "${jobs_[@]}"; do

@@ -136,7 +136,7 @@ class ComposedEps:
         """cond rows [0, *active] repeated to G·B rows, condition-major: rows [j·B, (j+1)·B) hold condition j."""
         key = (B, device, active)
         if key not in self._rows_cache:
-            idx = torch.tensor((0, *active), dtype=torch.long)
+            idx = torch.tensor((0, *active), dtype=torch.long, device=self.cond.device)
             self._rows_cache = {key: self.cond.index_select(0, idx).to(device).repeat_interleave(B, dim=0)}
         return self._rows_cache[key]
 
