@@ -1,5 +1,6 @@
 """compdiff sample with a tiny model trained in the test."""
 import pytest
+import torch
 from PIL import Image
 
 from compdiff.cli import main
@@ -30,6 +31,8 @@ def test_sample_writes_a_png_grid(tiny_model, tmp_path, capsys):
     ('"0.3,0.5" AND "1.5,0.5"', [], "out of range"),
     ('"0.3,0.5"', ["--n", "0"], "--n"),
     ('"0.3,0.5"', ["--out", "x.jpg"], ".png"),
+    ('"0.3,0.5"', ["--device", "gpu0"], "--device 'gpu0': not a device"),
+    ('"0.3,0.5"', ["--device", "meta"], "runs on cpu or cuda"),
 ])
 def test_bad_input_exits_2_without_a_file(tiny_model, tmp_path, capsys, expr, extra, message):
     out = tmp_path / "grid.png"
@@ -69,3 +72,20 @@ def test_sample_or_perp_and_corrector_flags(tiny_model, tmp_path, capsys):
     assert "clause 1 (pi = 0.250)" in printed and "clause 2 (pi = 0.750)" in printed
     assert out.is_file()
     assert main(["sample", 'NOT ("0.3,0.5" OR "0.7,0.5")', "--model", tiny_model, "--out", str(tmp_path / "x.png")]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_a_usage_error(tiny_model, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", '"0.3,0.5"', "--model", tiny_model, "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA GPU here; use --device cpu" in err and not out.exists()
+
+
+def test_device_cpu_equals_the_default_here(tiny_model, tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path, extra in zip(paths, (["--device", "cpu"], [])):
+        assert main(["sample", '"0.3,0.5"', "--model", tiny_model, "--n", "2", "--steps", "2",
+                     "--out", str(path), "--no-progress", *extra]) == 0
+    if not torch.cuda.is_available():
+        assert paths[0].read_bytes() == paths[1].read_bytes()

@@ -63,12 +63,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--max-batch", type=int, default=None, help="cap on rows per model call")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the model (world models)")
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="diffusers pipelines' weights (auto: float16 on a GPU, float32 on the CPU)")
     p.add_argument("--out", default="composed.png", help="output PNG (default composed.png)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
-def open_model(model: str | None, task: str, bf16: bool) -> Opened:
+def pick_device(name: str) -> torch.device:
+    """--device: auto, cpu, cuda or cuda:N; a GPU that torch cannot see is a usage error."""
+    from compdiff.cli import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name!r}: compdiff sample runs on cpu or cuda")
+    return device
+
+
+def open_model(model: str | None, task: str, bf16: bool, device: torch.device = torch.device("cpu"),
+               dtype: str = "auto") -> Opened:
     from compdiff.cli import UsageError
 
     if model is not None:
@@ -80,11 +105,14 @@ def open_model(model: str | None, task: str, bf16: bool) -> Opened:
         if (path / "model_index.json").is_file():
             from compdiff.backends.diffusers import DiffusersBackend
 
-            b = DiffusersBackend.from_pretrained(path)
+            if dtype == "auto":
+                dtype = "float16" if device.type == "cuda" else "float32"
+            b = DiffusersBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device)
             return Opened(b.denoiser, b.encoder, b.schedule, tuple(b.latent_shape), b.decode, str(path), 7.5, None)
     from compdiff.models import load_model, load_pretrained
 
     loaded = load_model(model, bf16=bf16) if model is not None else load_pretrained(task, bf16=bf16)
+    loaded.denoiser.net.to(device)
     R = loaded.config.resolution
     return Opened(loaded.denoiser, loaded.encoder, loaded.schedule, (3, R, R), lambda x: x.clamp(-1, 1),
                   model or f"shipped {loaded.config.task} model", DEFAULT_SCALE, 1.0)
@@ -103,11 +131,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out must name a .png file, got {args.out!r}")
     expr = parse(args.expr)  # bad expressions fail before any model is loaded
-    m = open_model(args.model, args.task, args.bf16)
+    device = pick_device(args.device)
+    m = open_model(args.model, args.task, args.bf16, device, args.dtype)
     scale = m.default_scale if args.guidance_scale is None else args.guidance_scale
     eps_fn = compose(m.denoiser, m.encoder, expr, guidance_scale=scale, mode=args.mode, rescale=args.rescale,
                      max_batch=args.max_batch, negation=args.negation)
-    print(f"model: {m.name}")
+    print(f"model: {m.name} ({device})")
     print(f"expression: {expr}")
     for i, clause in enumerate(eps_fn.clauses):
         if len(eps_fn.clauses) > 1:
@@ -117,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {w:+8.3f}  {concept}")
     gens = generators([args.seed + i for i in range(args.n)])
     eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(args.n, gens))  # OR: each image draws its clause
-    x_T = randn((args.n, *m.latent_shape), gens)
+    x_T = randn((args.n, *m.latent_shape), gens, device=device)
     mcmc = dict(correct=args.correct, corrector_steps=args.corrector_steps,
                 corrector_step_size=args.corrector_step_size, correct_range=tuple(args.correct_range),
                 corrector_damping=args.corrector_damping)
@@ -130,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         x0 = sample_ddpm(eps_fn, x_T, m.schedule, ts, generator=gens, callback=cb, clip_x0=m.clip_x0, **mcmc)
     bar.close()
-    write_grid(m.decode(x0), args.out)
+    write_grid(m.decode(x0).float().cpu(), args.out)
     print(f"wrote {args.out} ({args.n} images)")
     return 0
 
