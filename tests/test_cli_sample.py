@@ -89,3 +89,34 @@ def test_device_cpu_equals_the_default_here(tiny_model, tmp_path):
                      "--out", str(path), "--no-progress", *extra]) == 0
     if not torch.cuda.is_available():
         assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def _with_sampling(tiny_model, tmp_path, sampling):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "compdiff.json").read_text())
+    meta["sampling"] = sampling
+    (model / "compdiff.json").write_text(json.dumps(meta))
+    return str(model)
+
+
+def test_the_model_card_sampler_is_the_default_and_flags_override_it(tiny_model, tmp_path, capsys):
+    model = _with_sampling(tiny_model, tmp_path, {"sampler": "ddpm", "steps": 3})
+    args = ["sample", '"0.3,0.5"', "--model", model, "--n", "1", "--out", str(tmp_path / "a.png"), "--no-progress"]
+    assert main(args) == 0
+    assert "sampler: ddpm, 3 steps" in capsys.readouterr().out
+    assert main(args + ["--sampler", "ddim", "--steps", "2"]) == 0
+    assert "sampler: ddim, 2 steps" in capsys.readouterr().out
+    assert main(["sample", '"0.3,0.5"', "--model", tiny_model, "--n", "1", "--steps", "2",
+                 "--out", str(tmp_path / "b.png"), "--no-progress"]) == 0
+    assert "sampler: ddim, 2 steps" in capsys.readouterr().out  # no recommendation: ddim
+
+
+def test_a_bad_sampling_block_is_refused(tiny_model, tmp_path, capsys):
+    model = _with_sampling(tiny_model, tmp_path, {"sampler": "euler"})
+    out = tmp_path / "a.png"
+    assert main(["sample", '"0.3,0.5"', "--model", model, "--out", str(out)]) == 2
+    assert "'sampling' must be like" in capsys.readouterr().err and not out.exists()

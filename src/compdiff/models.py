@@ -46,6 +46,12 @@ class Loaded(NamedTuple):
     def config(self) -> ModelConfig:
         return self.denoiser.net.cfg
 
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The sampler the model's card recommends, e.g. {"sampler": "ddpm", "steps": 100}
+        (compdiff.json's "sampling"; empty when it names none)."""
+        return dict(self.denoiser.sampling)
+
 
 def condition_spec(task: str) -> dict[str, Any]:
     """The condition kind and per-slot table sizes of a world task's rows."""
@@ -95,9 +101,10 @@ class JointEncoder:
 class InferenceDenoiser:
     """Wraps a ConditionalUNet as a Denoiser for sampling: no autograd; optional bf16 autocast."""
 
-    def __init__(self, net: ConditionalUNet, bf16: bool = False) -> None:
+    def __init__(self, net: ConditionalUNet, bf16: bool = False, sampling: dict[str, Any] | None = None) -> None:
         self.net = net.eval()
         self.bf16 = bf16
+        self.sampling = dict(sampling or {})
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -143,7 +150,12 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     net = ConditionalUNet(cfg, unet)
     net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
     encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
-    return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]))
+    sampling = meta.get("sampling", {})
+    if not isinstance(sampling, dict) or set(sampling) - {"sampler", "steps"} \
+            or sampling.get("sampler", "ddim") not in ("ddim", "ddpm") or int(sampling.get("steps", 1)) < 1:
+        raise InputError(f"{meta_file}: 'sampling' must be like {{\"sampler\": \"ddpm\", \"steps\": 100}}, "
+                         f"got {sampling!r}")
+    return Loaded(InferenceDenoiser(net, bf16, sampling), encoder, make_schedule(meta["schedule"]))
 
 
 def shipped_models() -> dict[str, Path]:

@@ -23,6 +23,7 @@ class Opened(NamedTuple):
     name: str
     default_scale: float
     clip_x0: float | None  # clamp predicted x0 to [-c, c] (world images lie in [-1, 1]; latents are not clipped)
+    sampling: dict = {}  # the model's recommended sampler/steps (compdiff.json "sampling")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="objects", help="world task of the shipped model (default objects)")
     p.add_argument("--model", help="model directory (compdiff train output or a local diffusers pipeline)")
     p.add_argument("--n", type=int, default=8, help="number of images (default 8)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None,
+                   help="default: the model's recommendation (its compdiff.json 'sampling'), else ddim")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the model's recommendation, else 50)")
     p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], default="trailing",
                    help="timestep spacing (default trailing: the first step starts at pure noise)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
@@ -115,7 +118,7 @@ def open_model(model: str | None, task: str, bf16: bool, device: torch.device = 
     loaded.denoiser.net.to(device)
     R = loaded.config.resolution
     return Opened(loaded.denoiser, loaded.encoder, loaded.schedule, (3, R, R), lambda x: x.clamp(-1, 1),
-                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE, 1.0)
+                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE, 1.0, loaded.sampling)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from compdiff.expr import parse
     from compdiff.sampling import generators, randn, sample_ddim, sample_ddpm
 
-    if args.n < 1 or args.steps < 1:
+    if args.n < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--n and --steps must be >= 1")
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out must name a .png file, got {args.out!r}")
@@ -134,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     m = open_model(args.model, args.task, args.bf16, device, args.dtype)
     scale = m.default_scale if args.guidance_scale is None else args.guidance_scale
+    sampler = args.sampler or m.sampling.get("sampler", "ddim")
+    steps = args.steps or int(m.sampling.get("steps", 50))
     eps_fn = compose(m.denoiser, m.encoder, expr, guidance_scale=scale, mode=args.mode, rescale=args.rescale,
                      max_batch=args.max_batch, negation=args.negation)
     print(f"model: {m.name} ({device})")
@@ -150,10 +155,11 @@ def run(args: argparse.Namespace) -> int:
     mcmc = dict(correct=args.correct, corrector_steps=args.corrector_steps,
                 corrector_step_size=args.corrector_step_size, correct_range=tuple(args.correct_range),
                 corrector_damping=args.corrector_damping)
-    ts = m.schedule.timesteps(args.steps, args.spacing)
+    ts = m.schedule.timesteps(steps, args.spacing)
+    print(f"sampler: {sampler}, {steps} steps")
     bar = tqdm(total=len(ts), desc="sampling", unit="step", disable=args.no_progress)
     cb = lambda info: bar.update(1)  # noqa: E731
-    if args.sampler == "ddim":
+    if sampler == "ddim":
         x0 = sample_ddim(eps_fn, x_T, m.schedule, ts, eta=args.eta, generator=gens, callback=cb, clip_x0=m.clip_x0,
                          **mcmc)
     else:

@@ -1,0 +1,78 @@
+"""One figure of several `compdiff eval` reports: accuracy against K per method, one panel each.
+
+    python bench/plot_eval.py reports/objects="objects" reports/objects-le2="objects, trained on ≤ 2 objects" \
+        reports/attributes=attributes reports/relations=relations --out docs/eval_accuracy.png
+
+Each argument is REPORT_DIR[=panel title]; the panel reads REPORT_DIR/results.json. Error
+bars are 95% Wilson intervals over the n concept sets of each cell.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+STYLE = {"composed": ("C0", "o", "composed (sum, the paper)"), "composed-mean": ("C1", "s", "composed (mean)"),
+         "joint": ("C3", "^", "joint conditioning")}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def panel(ax, results: dict, title: str) -> None:
+    spec = results["spec"]
+    for method in spec["methods"]:
+        ks, acc, lo, hi = [], [], [], []
+        for k in spec["components"]:
+            cell = results["cells"].get(f"{method}/K{k}")
+            if cell is None:
+                continue
+            ok = cell["success"]
+            a, (l, h) = cell["accuracy"], wilson(sum(ok), len(ok))
+            ks.append(k)
+            acc.append(100 * a)
+            lo.append(max(0.0, 100 * (a - l)))
+            hi.append(max(0.0, 100 * (h - a)))
+        color, marker, label = STYLE.get(method, ("C7", "x", method))
+        ax.errorbar(ks, acc, yerr=[lo, hi], color=color, marker=marker, label=label, capsize=3, lw=1.5)
+    sampler = f"{spec['sampler'].upper()} {spec['steps']}"
+    ax.set(title=f"{title}\n(n = {spec['n']} sets per point, {sampler}, scale {spec['guidance_scale']:g})",
+           xlabel="K (concepts ANDed)", ylabel="accuracy: all concepts hold (%)", ylim=(-3, 103),
+           xticks=spec["components"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("reports", nargs="+", help="REPORT_DIR[=title]")
+    p.add_argument("--out", default="docs/eval_accuracy.png")
+    args = p.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [(r.split("=", 1) + [None])[:2] for r in args.reports]
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.9), squeeze=False)
+    for ax, (folder, title) in zip(axes[0], items):
+        results = json.loads((Path(folder) / "results.json").read_text())
+        panel(ax, results, title or results["spec"]["task"])
+    fig.tight_layout()
+    out = Path(args.out)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
