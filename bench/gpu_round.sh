@@ -9,8 +9,10 @@
 #     end inside the budget (resuming after warm-up equals one run of STEPS from the start).
 # Results: $OUT/<run>.tgz (model, metrics, loss plot), $OUT/sd_cuda.md; the log on stdout.
 # JOBS="relations32 relations32-joint": only these runs.
-# Needs .whl/ with diffusers (not on the machine): see BENCHMARKS.md for the command.
-#   device run: bench/gpu_round.sh   (carry .whl)
+# Needs .whl/ with diffusers and its two missing dependencies (the machine has torch, not them):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0
+# then, through the device tool: bench/gpu_round.sh   (carry .whl)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_round}
@@ -52,7 +54,7 @@ launch() {  # launch STEPS TIMEOUT: all jobs in parallel, wait for all
   wait "${pids[@]}"
 }
 mkdir -p runs
-echo "== [$(el)s] warm-up: $WARM steps each, 6 jobs side by side"
+echo "== [$(el)s] warm-up: $WARM steps each, ${#jobs_[@]} jobs side by side"
 t1=$(date +%s); STEPS_=$WARM TIMEOUT_=150 launch; t1=$(( $(date +%s) - t1 ))
 for j in "${jobs_[@]}"; do set -- $j; tail -n 2 "runs/$1.log"; tail -n 1 "runs/$1/metrics.jsonl"; done
 left=$(( BUDGET - $(el) - 25 ))
