@@ -106,3 +106,16 @@ def test_refuses_mismatched_config(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(JudgeWeightsError, match="do not match"):
         load_judge(32, folder)
+
+
+def test_a_blank_centered_image_holds_no_object(judge):
+    """The centered layout reads at most one object: a blank floor (or a sample that drew none)
+    reads as empty, so no attribute can hold on it."""
+    from compdiff.world import get_task
+
+    blank = render([Scene((), layout="centered")], 32)
+    noise = torch.rand(1, 3, 32, 32) * 0.1 - 0.2  # a dim, object-free image
+    scenes = judge.read(torch.cat([blank, noise]), layout="centered")
+    assert [len(s.objects) for s in scenes] == [0, 0]
+    task = get_task("attributes")
+    assert not any(task.holds(task.parse(w), s) for w in ("cube", "red", "large", "metal") for s in scenes)

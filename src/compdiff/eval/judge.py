@@ -172,9 +172,9 @@ def decode(out: HeadOutputs, cfg: JudgeConfig, layout: Layout, threshold: float 
     offset = out["offset"].clamp(0.0, 1.0)
     scenes = []
     for b in range(heat.shape[0]):
-        if layout == "centered":  # exactly one object: the strongest peak
+        if layout == "centered":  # at most one object: the strongest peak, if it passes the threshold
             flat = int(heat[b].argmax())
-            ij = [[flat // grid, flat % grid]]
+            ij = [[flat // grid, flat % grid]] if float(heat[b].max()) > thr else []
         else:
             ij = sorted(peaks[b].nonzero().tolist(), key=lambda p: -float(heat[b, p[0], p[1]]))
         objs = []

@@ -52,7 +52,8 @@ class AttributesTask(Task[Attribute]):
         return concept.word
 
     def holds(self, concept: Attribute, scene: Scene) -> bool:
-        return getattr(scene.main, concept.kind) == concept.word
+        """False for a scene with no object (a judged blank image)."""
+        return bool(scene.objects) and getattr(scene.main, concept.kind) == concept.word
 
     def true_concepts(self, scene: Scene) -> list[Attribute]:
         o = scene.main
