@@ -3,7 +3,7 @@ import torch
 
 import compdiff as cd
 from compdiff.eval import load_judge
-from compdiff.models import shipped_models
+from compdiff.models import recommended_sampling, shipped_models
 from compdiff.world import get_task
 
 
@@ -34,9 +34,9 @@ def test_shipped_model_places_an_object_at_the_requested_position():
 
 def test_shipped_attributes_model_draws_the_asked_attribute():
     """Floor far below the benchmark (BENCHMARKS.md), few steps; its card recommends DDPM 100."""
-    loaded = cd.load_pretrained("attributes")
-    assert "attributes" in shipped_models() and loaded.sampling == {"sampler": "ddpm", "steps": 100}
-    denoiser, encoder, schedule = loaded
+    assert recommended_sampling(shipped_models()["attributes"]) == {"sampler": "ddpm", "steps": 100}
+    assert recommended_sampling(shipped_models()["objects"]) == {}
+    denoiser, encoder, schedule = cd.load_pretrained("attributes")
     from compdiff.compose_each import compose_each
 
     words = ["red", "cube", "sphere", "blue", "large", "metal", "cylinder", "yellow"]

@@ -46,12 +46,6 @@ class Loaded(NamedTuple):
     def config(self) -> ModelConfig:
         return self.denoiser.net.cfg
 
-    @property
-    def sampling(self) -> dict[str, Any]:
-        """The sampler the model's card recommends, e.g. {"sampler": "ddpm", "steps": 100}
-        (compdiff.json's "sampling"; empty when it names none)."""
-        return dict(self.denoiser.sampling)
-
 
 def condition_spec(task: str) -> dict[str, Any]:
     """The condition kind and per-slot table sizes of a world task's rows."""
@@ -101,10 +95,9 @@ class JointEncoder:
 class InferenceDenoiser:
     """Wraps a ConditionalUNet as a Denoiser for sampling: no autograd; optional bf16 autocast."""
 
-    def __init__(self, net: ConditionalUNet, bf16: bool = False, sampling: dict[str, Any] | None = None) -> None:
+    def __init__(self, net: ConditionalUNet, bf16: bool = False) -> None:
         self.net = net.eval()
         self.bf16 = bf16
-        self.sampling = dict(sampling or {})
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -150,12 +143,20 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     net = ConditionalUNet(cfg, unet)
     net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
     encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
-    sampling = meta.get("sampling", {})
+    return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]))
+
+
+def recommended_sampling(path: str | Path) -> dict[str, Any]:
+    """The sampler a model directory's compdiff.json recommends, e.g. {"sampler": "ddpm",
+    "steps": 100} ("sampling"; empty when it names none). Samplers never read it: the CLI
+    uses it as its default."""
+    meta_file = Path(path) / "compdiff.json"
+    sampling = json.loads(meta_file.read_text()).get("sampling", {}) if meta_file.is_file() else {}
     if not isinstance(sampling, dict) or set(sampling) - {"sampler", "steps"} \
             or sampling.get("sampler", "ddim") not in ("ddim", "ddpm") or int(sampling.get("steps", 1)) < 1:
         raise InputError(f"{meta_file}: 'sampling' must be like {{\"sampler\": \"ddpm\", \"steps\": 100}}, "
                          f"got {sampling!r}")
-    return Loaded(InferenceDenoiser(net, bf16, sampling), encoder, make_schedule(meta["schedule"]))
+    return dict(sampling)
 
 
 def shipped_models() -> dict[str, Path]:

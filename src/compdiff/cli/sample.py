@@ -23,7 +23,7 @@ class Opened(NamedTuple):
     name: str
     default_scale: float
     clip_x0: float | None  # clamp predicted x0 to [-c, c] (world images lie in [-1, 1]; latents are not clipped)
-    sampling: dict = {}  # the model's recommended sampler/steps (compdiff.json "sampling")
+    sampling: dict  # the model's recommended sampler/steps (models.recommended_sampling); {} for pipelines
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,14 +111,15 @@ def open_model(model: str | None, task: str, bf16: bool, device: torch.device = 
             if dtype == "auto":
                 dtype = "float16" if device.type == "cuda" else "float32"
             b = DiffusersBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device)
-            return Opened(b.denoiser, b.encoder, b.schedule, tuple(b.latent_shape), b.decode, str(path), 7.5, None)
-    from compdiff.models import load_model, load_pretrained
+            return Opened(b.denoiser, b.encoder, b.schedule, tuple(b.latent_shape), b.decode, str(path), 7.5, None, {})
+    from compdiff.models import load_model, load_pretrained, recommended_sampling, shipped_models
 
     loaded = load_model(model, bf16=bf16) if model is not None else load_pretrained(task, bf16=bf16)
     loaded.denoiser.net.to(device)
     R = loaded.config.resolution
+    sampling = recommended_sampling(model if model is not None else shipped_models()[task])
     return Opened(loaded.denoiser, loaded.encoder, loaded.schedule, (3, R, R), lambda x: x.clamp(-1, 1),
-                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE, 1.0, loaded.sampling)
+                  model or f"shipped {loaded.config.task} model", DEFAULT_SCALE, 1.0, sampling)
 
 
 def run(args: argparse.Namespace) -> int:
