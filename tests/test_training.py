@@ -96,7 +96,7 @@ def test_load_refuses_pickles(tmp_path):
     (["--resolution", "31"], "multiple of 2"),
     (["--batch-size", "0"], "batch-size must be >= 1"),
     (["--channels", "16,x"], "comma-separated"),
-    (["--max-objects", "6"], "--max-objects for task objects must be in [1, 5]"),
+    (["--max-objects", "6"], "max objects per scene for task objects must be in [1, 5]"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, bad, message):
     out = tmp_path / "run"

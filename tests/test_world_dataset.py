@@ -71,7 +71,7 @@ def test_max_objects_caps_scenes(task, cap):
 
 
 def test_max_objects_out_of_range():
-    with pytest.raises(ValueError, match=r"max_objects for task relations must be in \[2, 5\]"):
+    with pytest.raises(ValueError, match=r"max objects per scene for task relations must be in \[2, 5\]"):
         WorldDataset("relations", 16, seed=0, max_objects=1)
     with pytest.raises(ValueError, match="attributes"):
         WorldDataset("attributes", 16, seed=0, max_objects=2)

@@ -24,6 +24,7 @@ from compdiff.models import condition_spec, make_schedule, save_model
 from compdiff.nn import ConditionalUNet, ModelConfig
 from compdiff.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from compdiff.world import WorldDataset, get_task
+from compdiff.world.dataset import check_max_objects
 
 RUN_FILE = "run.json"
 
@@ -66,10 +67,7 @@ class TrainConfig:
                            attention=self.attention, joint=self.joint, **condition_spec(self.task))
 
     def validate(self) -> None:
-        task = get_task(self.task)
-        if self.max_objects is not None and not task.min_objects <= self.max_objects <= task.max_objects:
-            raise InputError(f"--max-objects for task {task.name} must be in "
-                             f"[{task.min_objects}, {task.max_objects}], got {self.max_objects}")
+        check_max_objects(get_task(self.task), self.max_objects)
         levels = len(self.channels) - 1
         if self.resolution < 8 or self.resolution % (2**levels):
             raise InputError(f"--resolution {self.resolution} cannot go through a UNet with {levels} "

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from compdiff.errors import InputError
 from compdiff.world.render import render
 from compdiff.world.scene import Scene, scene_at
 from compdiff.world.tasks import Task, get_task
@@ -49,15 +50,23 @@ class JointSample(NamedTuple):
     mask: Tensor    # (Kmax,) or (B, Kmax) bool
 
 
+def check_max_objects(task: Task, max_objects: int | None) -> int:
+    """The cap on objects per scene: ``max_objects``, or the task's own when None; outside the
+    task's range it is an InputError (a ValueError)."""
+    if max_objects is None:
+        return task.max_objects
+    if not task.min_objects <= int(max_objects) <= task.max_objects:
+        raise InputError(f"max objects per scene for task {task.name} must be in "
+                         f"[{task.min_objects}, {task.max_objects}], got {max_objects}")
+    return int(max_objects)
+
+
 class WorldDataset(Dataset):
     def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
                  length: int = 100_000, joint: bool = False,
                  max_concepts: int | None = None, max_objects: int | None = None) -> None:
         self.task = get_task(task)
-        self.max_objects = self.task.max_objects if max_objects is None else int(max_objects)
-        if not self.task.min_objects <= self.max_objects <= self.task.max_objects:
-            raise ValueError(f"max_objects for task {self.task.name} must be in "
-                             f"[{self.task.min_objects}, {self.task.max_objects}], got {max_objects}")
+        self.max_objects = check_max_objects(self.task, max_objects)
         if not 0.0 <= null_prob <= 1.0:
             raise ValueError(f"null_prob must be in [0, 1], got {null_prob}")
         if length < 1 or seed < 0:
