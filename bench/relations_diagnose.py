@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-import torch
-
-from compdiff.compose_each import compose_each
-from compdiff.expr import quote
 from compdiff.eval import load_judge
+from compdiff.eval.composition import EvalSpec, Method, generate
 from compdiff.eval.concept_sets import concept_sets
 from compdiff.models import load_model
-from compdiff.sampling import generators, randn, sample_ddpm
 from compdiff.world import get_task
 from compdiff.world.tasks import Desc
 from compdiff.world.render import render
@@ -61,19 +57,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
     task, judge = get_task("relations"), load_judge(32)
-    denoiser, encoder, schedule = load_model(args.model, bf16=True)
+    loaded = load_model(args.model, bf16=True)
     sets = concept_sets(task, 1, args.n, seed=args.seed)
     rels = [s.positives[0] for s in sets]
-    images = []
-    for start in range(0, len(sets), 32):
-        chunk = rels[start:start + 32]
-        eps_fn = compose_each(denoiser, encoder, [quote(task.format(r)) for r in chunk],
-                              guidance_scale=args.guidance_scale)
-        gens = generators([args.seed * 100_000 + start + j for j in range(len(chunk))])
-        x_T = randn((len(chunk), 3, 32, 32), gens)
-        images.append(sample_ddpm(eps_fn, x_T, schedule, schedule.timesteps(args.steps, "trailing"),
-                                  generator=gens, clip_x0=1.0))
-    generated = judge.read(torch.cat(images).clamp(-1, 1), layout=task.layout)
+    method = Method("model", loaded.denoiser, loaded.encoder, joint=loaded.config.joint, schedule=loaded.schedule)
+    spec = EvalSpec(task="relations", components=(1,), n=args.n, sampler="ddpm", steps=args.steps,
+                    guidance_scale=args.guidance_scale, seed=args.seed)
+    images = generate(method, task, sets, spec, (3, 32, 32))  # exactly what `compdiff eval` draws
+    generated = judge.read(images, layout=task.layout)
     real = judge.read(render([s.scene for s in sets], 32), layout=task.layout)
     gen_d, real_d = diagnose(task, generated, rels), diagnose(task, real, rels)
     print(f"model {args.model}, n = {args.n} K = 1 relation sets, DDPM {args.steps}, scale {args.guidance_scale:g}\n")

@@ -54,16 +54,14 @@ def build_unet(layers_per_block: int, size: int, device: str, dtype: torch.dtype
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    if sd15:
-        unet = UNet2DConditionModel(
-            sample_size=size, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2, cross_attention_dim=WIDTH, attention_head_dim=8)
+    common = dict(sample_size=size, in_channels=4, out_channels=4, cross_attention_dim=WIDTH, attention_head_dim=8)
+    if sd15:  # diffusers' defaults are SD 1.x's block types
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, **common)
     else:
         unet = UNet2DConditionModel(
-            sample_size=size, in_channels=4, out_channels=4, block_out_channels=(128, 256, 256),
-            layers_per_block=layers_per_block, cross_attention_dim=WIDTH, attention_head_dim=8,
+            block_out_channels=(128, 256, 256), layers_per_block=layers_per_block,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), **common)
     return unet.to(device=device, dtype=dtype).eval()
 
 
@@ -161,12 +159,13 @@ def run(args: argparse.Namespace) -> list[str]:
     x = torch.randn(1, 4, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(args.device, dtype)
     t = torch.full((1,), 500, device=args.device)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
+    layout = ("SD 1.x layout, blocks (320, 640, 1280, 1280), layers/block 2" if args.sd15
+              else f"blocks (128, 256, 256), layers/block {args.layers_per_block}")
     lines = [f"command: `{' '.join(['python'] + sys.argv)}`",
              f"machine: {machine()}; device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()}",
              f"date: {datetime.datetime.now().isoformat(timespec='minutes')}; torch {torch.__version__}, "
              f"diffusers {diffusers.__version__}",
-             f"model: random UNet2DConditionModel, "
-             f"{'SD 1.x layout, blocks (320, 640, 1280, 1280), layers/block 2' if args.sd15 else f'blocks (128, 256, 256), layers/block {args.layers_per_block}'}, "
+             f"model: random UNet2DConditionModel, {layout}, "
              f"{params:.1f} M parameters, latents 4×{args.size}×{args.size}, context {CONTEXT}×{WIDTH}, "
              f"1 image, guidance {GUIDANCE}, median of {args.reps} step(s) after a warm-up",
              "",

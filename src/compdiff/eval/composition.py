@@ -79,8 +79,10 @@ class Method:
         return quote("; ".join(task.format(c) for c in s.positives))
 
 
-def _generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec, shape: tuple[int, ...],
-              tick: Callable[[], None]) -> torch.Tensor:
+def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec, shape: tuple[int, ...],
+             tick: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """One image per set, (N, *shape) in [-1, 1]: the sets in chunks of spec.batch_size, each chunk
+    one compose_each call; set i gets the noise of seed spec.seed·100000 + i for every method."""
     schedule = method.schedule
     ts = schedule.timesteps(spec.steps, spec.spacing)
     out = []
@@ -159,7 +161,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         for name in names:
             m = methods[name]
             bar.set_postfix(cell=f"{name} K={k}")
-            images = _generate(m, task, sets, spec, shape, lambda: bar.update(1))
+            images = generate(m, task, sets, spec, shape, lambda: bar.update(1))
             cell = _score(task, judge, sets, images)
             cell.update(k=k, method=name, fd_judge=frechet_from_features(judge_features(images, judge), f_real),
                         fd_floor=fd_floor, real_accuracy=real_acc)
