@@ -3,8 +3,10 @@
 A model directory::
 
     compdiff.json               format, ModelConfig, noise schedule, training summary
-    unet/                       a plain diffusers UNet2DModel directory (config.json + safetensors)
+    unet/                       a plain diffusers UNet2DModel directory (config.json + safetensors),
+                                a UNet2DConditionModel one for cross-attention models
     cond_embed.safetensors      the condition embedding
+    cond_tokens.safetensors     the condition token sequence (cross-attention models only)
     README.md                   model card (shipped models)
 
 ``load_model(path)`` returns ``Loaded(denoiser, encoder, schedule)``, which unpacks as the
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -53,7 +55,9 @@ def condition_spec(task: str) -> dict[str, Any]:
         return {"cond_kind": "position", "vocab_sizes": ()}
     desc = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1, len(MATERIALS) + 1)
     if task == "relations":
-        return {"cond_kind": "tokens", "vocab_sizes": desc + (len(RELATIONS) + 1,) + desc}
+        # tokens for cross-attention: the first object, the relation, the second object
+        return {"cond_kind": "tokens", "vocab_sizes": desc + (len(RELATIONS) + 1,) + desc,
+                "token_groups": ((0, 1, 2, 3), (4,), (5, 6, 7, 8))}
     if task == "attributes":
         return {"cond_kind": "tokens", "vocab_sizes": (len(VOCAB) + 1,)}
     get_task(task)  # raises the InputError listing the tasks
@@ -113,6 +117,9 @@ def save_model(net: ConditionalUNet, path: str | Path, schedule_spec: dict[str, 
     net.unet.save_pretrained(path / "unet", safe_serialization=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in net.cond_embed.state_dict().items()},
               str(path / "cond_embed.safetensors"))
+    if net.cond_tokens is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in net.cond_tokens.state_dict().items()},
+                  str(path / "cond_tokens.safetensors"))
     meta = {"format": FORMAT, "version": 1, "model": net.cfg.to_dict(), "schedule": schedule_spec,
             "training": training or {}}
     (path / "compdiff.json").write_text(json.dumps(meta, indent=2))
@@ -139,9 +146,12 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     if meta.get("format") != FORMAT:
         raise InputError(f"{meta_file} is not a compdiff model config (format {meta.get('format')!r})")
     cfg = ModelConfig.from_dict(meta["model"])
-    unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
+    unet_cls = UNet2DConditionModel if cfg.cross_attention else UNet2DModel
+    unet = unet_cls.from_pretrained(path / "unet", use_safetensors=True)
     net = ConditionalUNet(cfg, unet)
     net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
+    if net.cond_tokens is not None:
+        net.cond_tokens.load_state_dict(load_file(str(path / "cond_tokens.safetensors")))
     encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
     return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]))
 

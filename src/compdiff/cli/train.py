@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="objects: give the position only as a global embedding (the paper's design), "
                    "no Gaussian-bump input channel")
     p.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
+    p.add_argument("--cross-attention", action="store_true",
+                   help="relations/attributes: the blocks below full resolution read the condition's "
+                        "tokens by cross-attention (besides the global embedding)")
     p.add_argument("--joint", action="store_true",
                    help="the joint-conditioning baseline: condition on the scene's whole concept set")
     p.add_argument("--max-objects", type=int, default=None,
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                       snapshot_every=args.snapshot_every, channels=channels,
                       layers_per_block=args.layers_per_block, spatial=not args.no_spatial,
-                      attention=args.attention, joint=args.joint,
+                      attention=args.attention, joint=args.joint, cross_attention=args.cross_attention,
                       max_objects=args.max_objects)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:

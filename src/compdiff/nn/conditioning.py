@@ -64,6 +64,56 @@ class SetEmbedding(nn.Module):
         return (e * real).sum(1) + empty * self.inner.null
 
 
+class TokenSequence(nn.Module):
+    """Integer rows (B, S) -> a token sequence (B, G, dim) for cross-attention: token g is the
+    sum of the slot embeddings in ``groups[g]`` (e.g. a relation's first object, its relation,
+    its second object) plus a learned embedding of g. The all-zero (null) row gives G learned
+    null tokens. ``groups`` empty: one token per slot."""
+
+    def __init__(self, vocab_sizes: Sequence[int], dim: int, groups: Sequence[Sequence[int]] = ()) -> None:
+        super().__init__()
+        self.groups = [list(g) for g in groups] or [[i] for i in range(len(vocab_sizes))]
+        slots = sorted(i for g in self.groups for i in g)
+        if slots != list(range(len(vocab_sizes))):
+            raise ValueError(f"token groups {groups} must cover the {len(vocab_sizes)} slots once each")
+        self.tables = nn.ModuleList(nn.Embedding(v, dim) for v in vocab_sizes)
+        self.group_pos = nn.Parameter(torch.randn(len(self.groups), dim) * 0.02)
+        self.null = nn.Parameter(torch.randn(len(self.groups), dim) * 0.02)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.groups)
+
+    def forward(self, cond: Tensor) -> Tensor:
+        cond = cond.long()
+        tokens = torch.stack([sum(self.tables[i](cond[:, i]) for i in g) for g in self.groups], dim=1)
+        tokens = tokens + self.group_pos
+        is_null = (cond == 0).all(dim=1)[:, None, None].to(tokens.dtype)
+        return (1 - is_null) * tokens + is_null * self.null
+
+
+class SetSequence(nn.Module):
+    """Sets of rows (B, K, S) -> (tokens (B, K*G, dim), mask (B, K*G) bool): the token sequences of
+    all rows side by side, the null rows masked out; an all-null set keeps its first row's null
+    tokens. The joint-conditioning baseline reads a whole concept set this way."""
+
+    def __init__(self, inner: TokenSequence) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def n_tokens(self) -> int:
+        return self.inner.n_tokens
+
+    def forward(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        B, K = cond.shape[:2]
+        G = self.inner.n_tokens
+        tokens = self.inner(cond.flatten(0, 1)).view(B, K * G, -1)
+        real = (cond != 0).any(dim=2)  # (B, K)
+        real[:, 0] |= ~real.any(dim=1)
+        return tokens, real.repeat_interleave(G, dim=1)
+
+
 def position_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
     """Rows [x, y, flag] (B, 3) -> (B, 1, R, R): a Gaussian bump of width sigma (image units)
     at (x, y), zero for the null row. Pixel centres at (i + 0.5) / R."""
@@ -79,6 +129,13 @@ def set_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
     B, K = cond.shape[:2]
     bumps = position_bump(cond.flatten(0, 1), resolution, sigma).view(B, K, resolution, resolution)
     return bumps.sum(1, keepdim=True).clamp(max=1.0)
+
+
+def build_token_sequence(dim: int, vocab_sizes: Sequence[int], groups: Sequence[Sequence[int]] = (),
+                         joint: bool = False) -> nn.Module:
+    """The cross-attention context: TokenSequence, or SetSequence over it for the joint baseline."""
+    inner = TokenSequence(vocab_sizes, dim, groups)
+    return SetSequence(inner) if joint else inner
 
 
 def build_embedding(kind: str, dim: int, vocab_sizes: Sequence[int] = (), joint: bool = False) -> nn.Module:

@@ -59,14 +59,18 @@ class TrainConfig:
     spatial: bool = True
     attention: bool = False
     joint: bool = False  # the joint-conditioning baseline: condition = the scene's whole concept set
+    cross_attention: bool = False  # token tasks: cross-attention to the condition's tokens
     max_objects: int | None = None  # cap on objects per training scene (None: the task's own)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
                            channels=tuple(self.channels), layers_per_block=self.layers_per_block,
-                           attention=self.attention, joint=self.joint, **condition_spec(self.task))
+                           attention=self.attention, joint=self.joint,
+                           cross_attention=self.cross_attention, **condition_spec(self.task))
 
     def validate(self) -> None:
+        if self.cross_attention and condition_spec(self.task)["cond_kind"] != "tokens":
+            raise InputError(f"--cross-attention needs a token task (relations, attributes), not {self.task}")
         check_max_objects(get_task(self.task), self.max_objects)
         levels = len(self.channels) - 1
         if self.resolution < 8 or self.resolution % (2**levels):
@@ -121,8 +125,10 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
             raise InputError(f"--resume: {out} holds no run to resume (no {RUN_FILE})")
         old = json.loads(run_file.read_text())
         mine = json.loads(json.dumps(asdict(cfg)))
+        # a setting added after the run started counts as its default
+        default = json.loads(json.dumps(asdict(TrainConfig(task=cfg.task, out=cfg.out))))
         differ = [k for k in mine if k not in ("steps", "out", "checkpoint_every", "log_every", "snapshot_every")
-                  and old.get(k) != mine[k]]
+                  and old.get(k, default[k]) != mine[k]]
         if differ:
             raise InputError(f"--resume: the run in {out} was started with other settings ({', '.join(differ)})")
         return
