@@ -4,11 +4,13 @@
 #  2. six world models trained side by side with bench/train_shipped.sh (#5's models and
 #     baselines, all with the same recipe and the same number of steps):
 #     relations32 (--attention), relations32-joint, attributes32, attributes32-joint,
-#     objects32-le2 and objects32-joint-le2 (scenes of at most 2 objects).
+#     objects32-le2 and objects32-joint-le2 (scenes of at most 2 objects); and the
+#     cross-attention relations pair relations32x, relations32x-joint (scenes of at most 3
+#     objects; 5 render workers each, since the GPU waits for the renders otherwise).
 #     All first run the 100 warm-up steps; their speed sets STEPS for the rest so that all
 #     end inside the budget (resuming after warm-up equals one run of STEPS from the start).
 # Results: $OUT/<run>.tgz (model, metrics, loss plot), $OUT/sd_cuda.md; the log on stdout.
-# JOBS="relations32 relations32-joint": only these runs.
+# JOBS="relations32x relations32x-joint": only these runs (the first six are the default set).
 # Needs .whl/ with diffusers and its two missing dependencies (the machine has torch, not them):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0
@@ -39,8 +41,11 @@ echo "== [$(el)s] SD composition benchmark"
 
 jobs_=("relations32 relations --attention" "relations32-joint relations --attention --joint"
        "attributes32 attributes" "attributes32-joint attributes --joint"
-       "objects32-le2 objects --max-objects 2" "objects32-joint-le2 objects --joint --max-objects 2")
-if [ -n "${JOBS:-}" ]; then  # JOBS="name name ...": only these runs
+       "objects32-le2 objects --max-objects 2" "objects32-joint-le2 objects --joint --max-objects 2"
+       "relations32x relations --cross-attention --max-objects 3 --data-workers 5"
+       "relations32x-joint relations --cross-attention --max-objects 3 --joint --data-workers 5")
+JOBS=${JOBS:-relations32 relations32-joint attributes32 attributes32-joint objects32-le2 objects32-joint-le2}
+if [ -n "$JOBS" ]; then  # JOBS="name name ...": only these runs
   keep=(); for j in "${jobs_[@]}"; do set -- $j; [[ " $JOBS " == *" $1 "* ]] && keep+=("$j"); done; jobs_=("${keep[@]}")
 fi
 launch() {  # launch STEPS TIMEOUT: all jobs in parallel, wait for all

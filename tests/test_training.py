@@ -185,3 +185,31 @@ def test_max_objects_is_recorded_in_the_model(tmp_path):
     result = train(TrainConfig(out=str(tmp_path / "r"), steps=1, max_objects=2, **TINY), progress=False)
     meta = json.loads((result.model_dir / "compdiff.json").read_text())
     assert meta["training"]["max_objects"] == 2
+
+
+def test_data_workers_train_exactly_the_same_model(tmp_path):
+    a = train(TrainConfig(out=str(tmp_path / "inline"), steps=3, **TINY), progress=False)
+    b = train(TrainConfig(out=str(tmp_path / "workers"), steps=3, data_workers=2, **TINY), progress=False)
+    assert a.steps_done == b.steps_done == 3
+    sa, sb = _state(tmp_path / "inline"), _state(tmp_path / "workers")
+    for part in ("model", "ema"):
+        for name in sa[part]:
+            assert torch.equal(sa[part][name], sb[part][name]), (part, name)
+
+
+def test_ctrl_c_to_the_process_group_with_data_workers_saves_a_checkpoint(tmp_path):
+    """Ctrl-C in a terminal signals every process of the group, the data workers too."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "compdiff", "train", *TINY_ARGS, "--steps", "100000",
+                             "--checkpoint-every", "1000", "--data-workers", "2", "--out", str(run)],
+                            env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    t0 = time.time()
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved at step" in err and "Traceback" not in err
+    assert load_checkpoint(latest_checkpoint(run))["step"] >= 1

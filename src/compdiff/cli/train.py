@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-objects", type=int, default=None,
                    help="at most this many objects per training scene (default: the task's own, "
                         "objects 5, relations 5); e.g. 2 to test composition beyond training")
+    p.add_argument("--data-workers", type=int, default=0,
+                   help="render the coming batches in N worker processes (default 0: inline); the "
+                        "batches are the same, only sooner, e.g. when a GPU waits for the renders")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--snapshot-every", type=int, default=0,
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                       snapshot_every=args.snapshot_every, channels=channels,
                       layers_per_block=args.layers_per_block, spatial=not args.no_spatial,
                       attention=args.attention, joint=args.joint, cross_attention=args.cross_attention,
-                      max_objects=args.max_objects)
+                      max_objects=args.max_objects, data_workers=args.data_workers)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

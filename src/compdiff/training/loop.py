@@ -61,6 +61,7 @@ class TrainConfig:
     joint: bool = False  # the joint-conditioning baseline: condition = the scene's whole concept set
     cross_attention: bool = False  # token tasks: cross-attention to the condition's tokens
     max_objects: int | None = None  # cap on objects per training scene (None: the task's own)
+    data_workers: int = 0  # > 0: render the coming batches in this many worker processes (same batches)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
@@ -76,6 +77,8 @@ class TrainConfig:
         if self.resolution < 8 or self.resolution % (2**levels):
             raise InputError(f"--resolution {self.resolution} cannot go through a UNet with {levels} "
                              f"down-samplings: use a multiple of {2**levels} (e.g. 32 or 64)")
+        if self.data_workers < 0:
+            raise InputError(f"--data-workers must be >= 0, got {self.data_workers}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -127,7 +130,8 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
         mine = json.loads(json.dumps(asdict(cfg)))
         # a setting added after the run started counts as its default
         default = json.loads(json.dumps(asdict(TrainConfig(task=cfg.task, out=cfg.out))))
-        differ = [k for k in mine if k not in ("steps", "out", "checkpoint_every", "log_every", "snapshot_every")
+        differ = [k for k in mine if k not in ("steps", "out", "checkpoint_every", "log_every", "snapshot_every",
+                                               "data_workers")
                   and old.get(k, default[k]) != mine[k]]
         if differ:
             raise InputError(f"--resume: the run in {out} was started with other settings ({', '.join(differ)})")
@@ -183,9 +187,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                desc=f"train {cfg.task}", unit="step", dynamic_ncols=True)
     log = open(out / "metrics.jsonl", "a") if acc.is_main_process else None
     t0, seen, done = time.perf_counter(), 0, start
+    batches = _batch_loader(data, cfg, start, rank, world)
     try:
         for step in range(start, cfg.steps):
-            loss = _train_step(cfg, net, opt, acc, data, a, step, rank, world)
+            loss = _train_step(cfg, net, opt, acc, next(batches), a, step, rank)
             _ema_update(ema, acc.unwrap_model(net), min(cfg.ema_decay, (1 + step) / (10 + step)))
             seen += cfg.batch_size * world
             done = step + 1
@@ -202,6 +207,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             if stop.signum is not None:
                 break
     finally:
+        del batches  # stops the data workers
         bar.close()
         stop.restore()
         if log:
@@ -222,10 +228,41 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def _train_step(cfg, net, opt, acc, data, a, step: int, rank: int, world: int) -> float:
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i = this process's batch for step start + i: images (step·world + rank)·B onwards.
+    A pure function of the step, so worker processes render exactly the batches of the inline loop."""
+
+    def __init__(self, data: WorldDataset, cfg: TrainConfig, start: int, rank: int, world: int) -> None:
+        self.data, self.B, self.start, self.rank, self.world = data, cfg.batch_size, start, rank, world
+        self.n = cfg.steps - start
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        first = ((self.start + i) * self.world + self.rank) * self.B
+        return self.data.batch(range(first, first + self.B))
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the main process saves a checkpoint and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _batch_loader(data: WorldDataset, cfg: TrainConfig, start: int, rank: int, world: int):
+    """An iterator over the batches of steps start, start + 1, ...: rendered inline, or ahead of
+    time in cfg.data_workers processes (a GPU waits for the CPU's renders otherwise)."""
+    steps = _StepBatches(data, cfg, start, rank, world)
+    if cfg.data_workers == 0:
+        return (steps[i] for i in range(len(steps)))
+    return iter(torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False, num_workers=cfg.data_workers,
+                                            prefetch_factor=4, worker_init_fn=_ignore_stop_signals))
+
+
+def _train_step(cfg, net, opt, acc, batch, a, step: int, rank: int) -> float:
     B = cfg.batch_size
-    first = (step * world + rank) * B
-    images, cond, _ = data.batch(range(first, first + B))
+    images, cond, _ = batch
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
     t = torch.randint(0, a.numel(), (B,), generator=g)
     noise = torch.randn(images.shape, generator=g)
