@@ -32,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "no Gaussian-bump input channel")
     p.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
     p.add_argument("--cross-attention", action="store_true",
-                   help="relations/attributes: the blocks below full resolution read the condition's "
-                        "tokens by cross-attention (besides the global embedding)")
+                   help="relations/attributes: the lowest-resolution blocks read the condition's tokens "
+                        "by cross-attention, besides the global embedding (includes --attention)")
     p.add_argument("--joint", action="store_true",
                    help="the joint-conditioning baseline: condition on the scene's whole concept set")
     p.add_argument("--max-objects", type=int, default=None,
