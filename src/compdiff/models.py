@@ -109,17 +109,20 @@ class InferenceDenoiser:
             return self.net(x, t, cond).to(x.dtype)
 
 
+def _condition_modules(net: ConditionalUNet) -> list[tuple[str, torch.nn.Module]]:
+    """The condition modules beside the UNet, each saved as NAME.safetensors."""
+    return [(n, m) for n, m in (("cond_embed", net.cond_embed), ("cond_tokens", net.cond_tokens)) if m is not None]
+
+
 def save_model(net: ConditionalUNet, path: str | Path, schedule_spec: dict[str, Any],
                training: dict[str, Any] | None = None) -> None:
     """Write a model directory (the caller makes it atomic if it needs to)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     net.unet.save_pretrained(path / "unet", safe_serialization=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.cond_embed.state_dict().items()},
-              str(path / "cond_embed.safetensors"))
-    if net.cond_tokens is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in net.cond_tokens.state_dict().items()},
-                  str(path / "cond_tokens.safetensors"))
+    for name, module in _condition_modules(net):
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                  str(path / f"{name}.safetensors"))
     meta = {"format": FORMAT, "version": 1, "model": net.cfg.to_dict(), "schedule": schedule_spec,
             "training": training or {}}
     (path / "compdiff.json").write_text(json.dumps(meta, indent=2))
@@ -149,9 +152,8 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     unet_cls = UNet2DConditionModel if cfg.cross_attention else UNet2DModel
     unet = unet_cls.from_pretrained(path / "unet", use_safetensors=True)
     net = ConditionalUNet(cfg, unet)
-    net.cond_embed.load_state_dict(load_file(str(path / "cond_embed.safetensors")))
-    if net.cond_tokens is not None:
-        net.cond_tokens.load_state_dict(load_file(str(path / "cond_tokens.safetensors")))
+    for name, module in _condition_modules(net):
+        module.load_state_dict(load_file(str(path / f"{name}.safetensors")))
     encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
     return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]))
 

@@ -101,10 +101,6 @@ class SetSequence(nn.Module):
         super().__init__()
         self.inner = inner
 
-    @property
-    def n_tokens(self) -> int:
-        return self.inner.n_tokens
-
     def forward(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         B, K = cond.shape[:2]
         G = self.inner.n_tokens
