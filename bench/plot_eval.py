@@ -48,7 +48,7 @@ def panel(ax, results: dict, title: str) -> None:
            xlabel="K (concepts ANDed)", ylabel="accuracy: all concepts hold (%)", ylim=(-3, 103),
            xticks=spec["components"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
 
 
 def main(argv: list[str] | None = None) -> None:
