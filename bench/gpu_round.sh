@@ -45,9 +45,7 @@ jobs_=("relations32 relations --attention" "relations32-joint relations --attent
        "relations32x relations --cross-attention --max-objects 3 --data-workers 5"
        "relations32x-joint relations --cross-attention --max-objects 3 --joint --data-workers 5")
 JOBS=${JOBS:-relations32 relations32-joint attributes32 attributes32-joint objects32-le2 objects32-joint-le2}
-if [ -n "$JOBS" ]; then  # JOBS="name name ...": only these runs
-  keep=(); for j in "${jobs_[@]}"; do set -- $j; [[ " $JOBS " == *" $1 "* ]] && keep+=("$j"); done; jobs_=("${keep[@]}")
-fi
+keep=(); for j in "${jobs_[@]}"; do set -- $j; [[ " $JOBS " == *" $1 "* ]] && keep+=("$j"); done; jobs_=("${keep[@]}")
 launch() {  # launch STEPS TIMEOUT: all jobs in parallel, wait for all
   local pids=()
   for j in "${jobs_[@]}"; do

@@ -2,6 +2,7 @@
 import torch
 
 import compdiff as cd
+from compdiff.compose_each import compose_each
 from compdiff.eval import load_judge
 from compdiff.models import recommended_sampling, shipped_models
 from compdiff.world import get_task
@@ -21,7 +22,6 @@ def test_shipped_model_places_an_object_at_the_requested_position():
     denoiser, encoder, schedule = cd.load_pretrained("objects")
     positions = ["0.25,0.30", "0.70,0.25", "0.50,0.55", "0.30,0.75", "0.75,0.70", "0.15,0.50"]
     task, judge = get_task("objects"), load_judge(32)
-    from compdiff.compose_each import compose_each
 
     eps_fn = compose_each(denoiser, encoder, [f'"{p}"' for p in positions], guidance_scale=3.0)
     x_T = cd.randn((len(positions), 3, 32, 32), cd.generators(range(len(positions))))
@@ -37,7 +37,6 @@ def test_shipped_attributes_model_draws_the_asked_attribute():
     assert recommended_sampling(shipped_models()["attributes"]) == {"sampler": "ddpm", "steps": 100}
     assert recommended_sampling(shipped_models()["objects"]) == {}
     denoiser, encoder, schedule = cd.load_pretrained("attributes")
-    from compdiff.compose_each import compose_each
 
     words = ["red", "cube", "sphere", "blue", "large", "metal", "cylinder", "yellow"]
     task, judge = get_task("attributes"), load_judge(32)
@@ -56,7 +55,6 @@ def test_shipped_relations_model_draws_the_described_pair():
     loaded = cd.load_pretrained("relations")
     assert loaded.config.cross_attention
     denoiser, encoder, schedule = loaded
-    from compdiff.compose_each import compose_each
 
     texts = ["a large red metal cube left of a large blue rubber sphere",
              "a small yellow rubber cylinder in front of a large gray metal cube",

@@ -197,8 +197,11 @@ def test_data_workers_train_exactly_the_same_model(tmp_path):
             assert torch.equal(sa[part][name], sb[part][name]), (part, name)
 
 
-def test_ctrl_c_to_the_process_group_with_data_workers_saves_a_checkpoint(tmp_path):
-    """Ctrl-C in a terminal signals every process of the group, the data workers too."""
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_to_the_process_group_with_data_workers_saves_a_checkpoint(tmp_path, signum, code):
+    """Ctrl-C in a terminal (or a job control's SIGTERM) signals every process of the group, the
+    data workers too. torch's workers already swallow SIGINT; SIGTERM would kill them, and the
+    main process would die of the lost worker instead of saving a checkpoint."""
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "compdiff", "train", *TINY_ARGS, "--steps", "100000",
                              "--checkpoint-every", "1000", "--data-workers", "2", "--out", str(run)],
@@ -208,8 +211,8 @@ def test_ctrl_c_to_the_process_group_with_data_workers_saves_a_checkpoint(tmp_pa
     while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "checkpoint saved at step" in err and "Traceback" not in err
     assert load_checkpoint(latest_checkpoint(run))["step"] >= 1
