@@ -22,6 +22,7 @@ def main() -> None:
     from analytic import default_concepts
 
     from compdiff.compose import compose
+    from compdiff.correctors import Corrector
     from compdiff.sampling import sample_ddim, sample_ddpm
     from compdiff.schedule import NoiseSchedule
 
@@ -30,16 +31,16 @@ def main() -> None:
     n = 20000
     rows = [
         ("ddpm", 250, "plain", {}),
-        ("ddpm", 250, "ula, defaults (k=2, (0.5,1), c=1)", dict(correct="ula")),
-        ("ddpm", 250, "uhmc, defaults (k=2, γ=0.5)", dict(correct="uhmc")),
-        ("ddpm", 250, "ula k=6 (0.5,1) c=1", dict(correct="ula", corrector_steps=6)),
-        ("ddpm", 250, "uhmc k=6 (0.5,1) c=1 γ=0.5", dict(correct="uhmc", corrector_steps=6)),
-        ("ddpm", 250, "ula k=6 on the NOISIER half (0,0.5)", dict(correct="ula", corrector_steps=6,
-                                                                 correct_range=(0.0, 0.5))),
+        ("ddpm", 250, "ula, defaults (k=2, (0.5,1), c=1)", dict(corrector=Corrector("ula"))),
+        ("ddpm", 250, "uhmc, defaults (k=2, γ=0.5)", dict(corrector=Corrector("uhmc"))),
+        ("ddpm", 250, "ula k=6 (0.5,1) c=1", dict(corrector=Corrector("ula", steps=6))),
+        ("ddpm", 250, "uhmc k=6 (0.5,1) c=1 γ=0.5", dict(corrector=Corrector("uhmc", steps=6))),
+        ("ddpm", 250, "ula k=6 on the NOISIER half (0,0.5)", dict(corrector=Corrector("ula", steps=6,
+                                                                                         range=(0.0, 0.5)))),
         ("ddpm", 1000, "plain", {}),
         ("ddim", 100, "plain", {}),
-        ("ddim", 100, "ula, defaults", dict(correct="ula")),
-        ("ddim", 100, "uhmc k=6 (0.5,1) γ=0.5", dict(correct="uhmc", corrector_steps=6)),
+        ("ddim", 100, "ula, defaults", dict(corrector=Corrector("ula"))),
+        ("ddim", 100, "uhmc k=6 (0.5,1) γ=0.5", dict(corrector=Corrector("uhmc", steps=6))),
         ("ddim", 400, "plain (same evaluations as k=6)", {}),
     ]
     print("| K | sampler | steps | correction | var / product var | max mean error | model evals | s |")

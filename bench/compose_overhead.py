@@ -33,12 +33,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from compdiff.compose import compose
-    from compdiff.models import InferenceDenoiser, condition_spec
+    from compdiff.models import InferenceDenoiser
     from compdiff.nn import ConditionalUNet, ModelConfig
     from compdiff.world import get_task
 
     torch.manual_seed(0)
-    net = ConditionalUNet(ModelConfig(task="objects", **condition_spec("objects")))
+    net = ConditionalUNet(ModelConfig(task="objects", **get_task("objects").condition_spec()))
     den = InferenceDenoiser(net)
     enc = get_task("objects").encoder()
     n_params = sum(p.numel() for p in net.parameters())

@@ -5,6 +5,11 @@ x_t = alpha x_0 + sigma eps its noised density is N(alpha mu_j, (alpha² s_j² +
 
     eps_j(x, t) = -sigma ∇ log p_t(x | j) = sigma (x - alpha mu_j) / (alpha² s_j² + sigma²)   (exact).
 
+For any schedule (α, σ) the posterior mean is known too,
+E[x_0 | x_t, j] = mu_j + alpha s_j² (x - alpha mu_j) / (alpha² s_j² + sigma²), finite where alpha = 0,
+and the denoiser returns the schedule's own parametrisation (eps for the VP tables, the
+velocity alpha' x0 + sigma' eps for rectified flow), built from those two exact quantities.
+
 Concept 0 is the unconditional model (a broad Gaussian). Conditions are the concept index
 as a (K, 1) float tensor; concept text is the index ("1", "2", ...).
 """
@@ -15,21 +20,27 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from compdiff.schedule import NoiseSchedule
+from compdiff.schedule import NoiseSchedule, Schedule
 
 
 @dataclass
 class GaussianConcepts:
-    schedule: NoiseSchedule
+    schedule: Schedule
     means: Tensor  # (J, D) float64, row 0 = unconditional
     stds: Tensor  # (J,) float64
 
     # Denoiser
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         j = cond[:, 0].long()
-        a = self.schedule.alphas_cumprod[t].to(x.dtype).unsqueeze(1)
-        alpha, sigma = a.sqrt(), (1 - a).sqrt()
-        return sigma * (x - alpha * self.means[j]) / (a * self.stds[j].unsqueeze(1) ** 2 + sigma**2)
+        alpha, sigma = self.schedule.alpha_sigma(t, x)
+        var = self.stds[j].unsqueeze(1).to(x.dtype) ** 2
+        mu = self.means[j].to(x.dtype)
+        total = alpha**2 * var + sigma**2
+        eps = sigma * (x - alpha * mu) / total
+        if self.schedule.prediction == "epsilon":
+            return eps
+        x0 = mu + alpha * var * (x - alpha * mu) / total
+        return self.schedule.prediction_from(x0, eps, t, x)
 
     # ConceptEncoder
     def encode(self, concepts: list[str]) -> Tensor:

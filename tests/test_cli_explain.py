@@ -86,3 +86,20 @@ def test_explain_help_names_both_rules(capsys):
     assert "sum" in out and "mean" in out and "default: 1.0" in out
     assert "eps(null) + sum_i w_i * s * (eps(c_i) - eps(null))" in out
     assert "example" in out
+
+
+def test_explain_help_describes_or(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "OR is a mixture" in out and "probability pi" in out
+    assert "cannot be composed" not in out and "not supported" not in out
+
+
+def test_explain_max_concepts_hint_names_explain(capsys):
+    assert main(["explain", "a AND b AND c", "--max-concepts", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "at most 2 concepts" in err
+    assert "--max-concepts N to 'compdiff explain'" in err
+    assert "on the command line" not in err

@@ -116,7 +116,38 @@ def test_the_model_card_sampler_is_the_default_and_flags_override_it(tiny_model,
 
 
 def test_a_bad_sampling_block_is_refused(tiny_model, tmp_path, capsys):
-    model = _with_sampling(tiny_model, tmp_path, {"sampler": "euler"})
+    model = _with_sampling(tiny_model, tmp_path, {"sampler": "heun"})
     out = tmp_path / "a.png"
     assert main(["sample", '"0.3,0.5"', "--model", model, "--out", str(out)]) == 2
     assert "'sampling' must be like" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp-2m", "euler"])
+def test_every_registered_sampler_runs_from_the_cli(tiny_model, tmp_path, sampler):
+    out = tmp_path / "s.png"
+    assert main(["sample", '"0.3,0.5"', "--model", tiny_model, "--n", "2", "--steps", "3", "--sampler", sampler,
+                 "--correct", "ula", "--out", str(out), "--no-progress"]) == 0 and out.is_file()
+
+
+def test_a_sampler_registered_elsewhere_reaches_the_cli_without_edits(tiny_model, tmp_path):
+    """The CLI reads compdiff.SAMPLERS: a sampler defined here (one function) is usable at once."""
+    from compdiff.sampling import SAMPLERS, register_sampler, sample_ddim
+
+    calls = []
+
+    @register_sampler("test-only")
+    def sample_test_only(fn, x_T, schedule, timesteps, *, generator=None, callback=None, clip_x0=None,
+                         corrector=None):
+        calls.append(len(schedule.run(timesteps)))
+        return sample_ddim(fn, x_T, schedule, timesteps, generator=generator, callback=callback, clip_x0=clip_x0,
+                           corrector=corrector)
+
+    try:
+        out = tmp_path / "t.png"
+        assert main(["sample", '"0.3,0.5"', "--model", tiny_model, "--n", "1", "--steps", "4",
+                     "--sampler", "test-only", "--out", str(out), "--no-progress"]) == 0
+        assert calls == [4] and out.is_file()
+        assert main(["sample", '"0.3,0.5"', "--model", tiny_model, "--sampler", "test-only", "--eta", "0.5",
+                     "--out", str(tmp_path / "u.png"), "--no-progress"]) == 2  # no eta option: refused
+    finally:
+        SAMPLERS.pop("test-only")

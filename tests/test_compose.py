@@ -8,6 +8,7 @@ import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from compdiff.compose import compose
+from compdiff.compose_each import compose_each
 from compdiff.errors import InputError
 
 
@@ -143,6 +144,27 @@ def test_scalar_t_is_broadcast(setup):
     den, enc, x, _ = setup
     eps_fn = compose(den, enc, '"a"', guidance_scale=2.0)
     torch.testing.assert_close(eps_fn(x, torch.tensor(300)), eps_fn(x, torch.full((3,), 300)))
+
+
+@pytest.mark.parametrize("t", [torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64), torch.tensor(0.75),
+                               torch.tensor([3, 400, 999]), torch.tensor(7)])
+def test_t_reaches_the_denoiser_in_its_own_dtype(setup, t):
+    """Float times of a continuous-time schedule (rectified flow, t in [0, 1]) are not rounded or
+    cast to timesteps; int64 timesteps stay int64. Only a scalar is expanded to B."""
+    den, enc, x, _ = setup
+    seen = []
+
+    def recording(x_in, t_in, cond):
+        seen.append(t_in)
+        return den(x_in, t_in, cond)
+
+    for eps_fn in (compose(recording, enc, '"a" AND NOT "b"', guidance_scale=2.0),
+                   compose_each(recording, enc, ['"a"', '"b" AND "c"', 'NOT "a"'], guidance_scale=2.0)):
+        seen.clear()
+        eps_fn(x, t)
+        (t_in,) = seen
+        assert t_in.dtype == t.dtype
+        assert torch.equal(t_in.reshape(-1, 3), t.expand(3).repeat(3, 1))  # (G·B,) condition-major, G = 3
 
 
 def test_bad_arguments_are_input_errors(setup):

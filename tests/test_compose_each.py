@@ -1,9 +1,11 @@
 """compose_each: sample b composed with its own expression equals compose() of that expression alone."""
+import pytest
 import torch
 from test_compose import ConvDenoiser, TableEncoder
 
 from compdiff.compose import compose
 from compdiff.compose_each import compose_each
+from compdiff.errors import InputError
 
 EXPRS = ['"a" AND "b"', '"c"', '"a" AND NOT "d":0.5 AND "e":2', '"a":0']
 
@@ -45,3 +47,28 @@ def test_perp_negation_matches_compose_per_sample():
         torch.testing.assert_close(out[b:b + 1], ref, rtol=1e-12, atol=1e-12)
     plain = compose_each(den, enc, exprs, guidance_scale=2.0)(x, t)
     assert not torch.allclose(out, plain)  # the projection changed the NOT terms
+
+
+@pytest.mark.parametrize("negation", ["plain", "perp"])
+def test_rescale_matches_compose_per_sample(negation):
+    """eps_ref per sample: the mean of its positive concepts, eps(∅) without one (NOT "c");
+    expressions of 1 to 3 terms, padded to Kmax = 3 in one forward."""
+    den, enc = ConvDenoiser(), TableEncoder()
+    exprs = ['"a" AND "b"', 'NOT "c"', '"c" AND NOT "d":0.5 AND "e":2', '"a":0', '"b"']
+    x = torch.randn(len(exprs), 3, 6, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    t = torch.tensor([50, 250, 450, 650, 850])
+    out = compose_each(den, enc, exprs, guidance_scale=2.5, rescale=0.7, negation=negation)(x, t)
+    for b, e in enumerate(exprs):
+        ref = compose(den, enc, e, guidance_scale=2.5, rescale=0.7, negation=negation)(x[b:b + 1], t[b:b + 1])
+        torch.testing.assert_close(out[b:b + 1], ref, rtol=1e-12, atol=1e-12)
+    plain = compose_each(den, enc, exprs, guidance_scale=2.5, negation=negation)(x, t)
+    changed = [not torch.allclose(out[b], plain[b]) for b in range(len(exprs))]
+    assert changed == [True, True, True, False, True]  # rescale acted on every guided sample
+
+
+def test_bad_options_are_input_errors():
+    den, enc = ConvDenoiser(), TableEncoder()
+    for bad, match in ((dict(rescale=1.5), "rescale"), (dict(max_batch=0), "max_batch"),
+                       (dict(negation="orth"), "negation"), (dict(mode="max"), "mode")):
+        with pytest.raises(InputError, match=match):
+            compose_each(den, enc, ['"a"'], **bad)

@@ -1,4 +1,4 @@
-"""MCMC-corrected sampling (compdiff.correctors via the samplers' ``correct=`` option).
+"""MCMC-corrected sampling (compdiff.correctors via the samplers' ``corrector=Corrector(...)`` option).
 
 The analytic setting of tests/test_analytic_gaussians.py: Gaussian concepts with exact eps,
 so the composed eps is affine per coordinate, every ULA / U-HMC / DDPM step is affine, and
@@ -19,6 +19,7 @@ import torch
 from analytic import default_concepts
 
 from compdiff.compose import compose
+from compdiff.correctors import Corrector
 from compdiff.errors import InputError
 from compdiff.sampling import generators, randn, sample_ddim, sample_ddpm
 from compdiff.schedule import NoiseSchedule
@@ -89,8 +90,7 @@ def test_correction_reaches_the_product_where_plain_sampling_does_not(weights, c
     gc = default_concepts(SCHEDULE)
     mean, var = gc.product(weights)
     ts = SCHEDULE.timesteps(STEPS).tolist()
-    options = dict(correct=correct, corrector_steps=K_CORR, corrector_step_size=C, correct_range=RANGE,
-                   corrector_damping=DAMP)
+    options = dict(corrector=Corrector(correct, steps=K_CORR, step_size=C, range=RANGE, damping=DAMP))
     plain, plain_calls = _sample(gc, weights, 7)
     fixed, calls = _sample(gc, weights, 8, **options)
     assert plain_calls == STEPS and calls == STEPS + K_CORR * STEPS // 2 <= 4 * plain_calls
@@ -126,7 +126,7 @@ def test_uhmc_without_momentum_persistence_is_ula():
     out = {}
     for kind in ("ula", "uhmc"):
         out[kind] = sample_ddim(eps_fn, x_T, SCHEDULE, 20, generator=torch.Generator().manual_seed(1),
-                                correct=kind, corrector_steps=3, corrector_damping=0.0)
+                                corrector=Corrector(kind, steps=3, damping=0.0))
     torch.testing.assert_close(out["ula"], out["uhmc"], rtol=1e-10, atol=1e-10)
 
 
@@ -139,8 +139,7 @@ def test_per_sample_generators_sample_i_depends_only_on_seed_i(sampler, correct)
         gens = generators(seeds)
         x_T = randn((len(seeds), 2), gens, dtype=torch.float64)
         fn = sample_ddim if sampler == "ddim" else sample_ddpm
-        return fn(eps_fn, x_T, SCHEDULE, 10, generator=gens, correct=correct, corrector_steps=2,
-                  correct_range=(0.0, 1.0))
+        return fn(eps_fn, x_T, SCHEDULE, 10, generator=gens, corrector=Corrector(correct, steps=2, range=(0.0, 1.0)))
 
     batch = run([11, 12, 13])
     torch.testing.assert_close(run([12]), batch[1:2], rtol=1e-12, atol=1e-12)
@@ -153,18 +152,22 @@ def test_model_evaluations_and_default_off():
     x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     plain = sample_ddim(eps_fn, x_T, SCHEDULE, 20)
     assert eps_fn.calls == 20
-    assert torch.equal(sample_ddim(eps_fn, x_T, SCHEDULE, 20, correct=None, corrector_steps=5), plain)
+    assert torch.equal(sample_ddim(eps_fn, x_T, SCHEDULE, 20, corrector=None), plain)
     eps_fn.calls = 0
-    sample_ddim(eps_fn, x_T, SCHEDULE, 20, correct="ula", corrector_steps=3, correct_range=(0.75, 1.0))
+    sample_ddim(eps_fn, x_T, SCHEDULE, 20, corrector=Corrector("ula", steps=3, range=(0.75, 1.0)))
     assert eps_fn.calls == 20 + 3 * 5  # levels 15..19 of 20 corrected, 3 extra each
 
 
-@pytest.mark.parametrize("bad", [dict(correct="mala"), dict(correct="ula", corrector_steps=0),
-                                 dict(correct="ula", corrector_step_size=0.0),
-                                 dict(correct="ula", correct_range=(0.5, 0.5)),
-                                 dict(correct="ula", correct_range=(-0.1, 1.0)),
-                                 dict(correct="uhmc", corrector_damping=1.0)])
+@pytest.mark.parametrize("bad", [dict(kind="mala"), dict(kind="ula", steps=0), dict(kind="ula", steps=1.5),
+                                 dict(kind="ula", step_size=0.0), dict(kind="ula", step_size=float("nan")),
+                                 dict(kind="ula", range=(0.5, 0.5)), dict(kind="ula", range=(-0.1, 1.0)),
+                                 dict(kind="uhmc", damping=1.0)])
 def test_bad_corrector_options_are_input_errors(bad):
-    gc = default_concepts(SCHEDULE)
     with pytest.raises(InputError):
-        sample_ddpm(compose(gc, gc, '"1"'), torch.zeros(2, 2, dtype=torch.float64), SCHEDULE, 5, **bad)
+        Corrector(**bad)
+
+
+def test_a_corrector_must_be_a_corrector_object():
+    gc = default_concepts(SCHEDULE)
+    with pytest.raises(InputError, match="Corrector"):
+        sample_ddpm(compose(gc, gc, '"1"'), torch.zeros(2, 2, dtype=torch.float64), SCHEDULE, 5, corrector="ula")

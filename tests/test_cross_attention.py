@@ -5,14 +5,15 @@ import pytest
 import torch
 
 from compdiff.cli import main
-from compdiff.models import condition_spec, load_model, save_model
+from compdiff.models import load_model, save_model
+from compdiff.world.tasks import get_task
 from compdiff.nn import ConditionalUNet, ModelConfig
 from compdiff.nn.conditioning import SetSequence, TokenSequence
 from compdiff.training import TrainConfig, train
 from compdiff.world import get_task
 
-GROUPS = condition_spec("relations")["token_groups"]
-VOCAB = condition_spec("relations")["vocab_sizes"]
+GROUPS = get_task("relations").condition_spec()["token_groups"]
+VOCAB = get_task("relations").condition_spec()["vocab_sizes"]
 REL = get_task("relations")
 
 
@@ -61,7 +62,7 @@ def test_set_mask_marks_the_real_rows_and_keeps_one_null_for_an_empty_set():
 def _net(joint=False):
     torch.manual_seed(0)
     cfg = ModelConfig(task="relations", resolution=16, channels=(16, 32), layers_per_block=1,
-                      cross_attention=True, joint=joint, **condition_spec("relations"))
+                      cross_attention=True, joint=joint, **get_task("relations").condition_spec())
     return ConditionalUNet(cfg).eval()
 
 

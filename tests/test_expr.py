@@ -212,7 +212,12 @@ def test_errors_name_the_column(text, what, col):
 def test_max_concepts():
     parse(" AND ".join(f'"c{i}"' for i in range(32)))
     msg = perr(" AND ".join(f'"c{i}"' for i in range(33)))
-    assert "32" in msg and "max_concepts" in msg and "--max-concepts" in msg
+    assert "at most 32 concepts" in msg and "parse(text, max_concepts=N)" in msg
+    # --max-concepts exists only on `compdiff explain`; the hint must not
+    # suggest it for every command (sample has no such option)
+    assert "--max-concepts N to 'compdiff explain'" in msg
+    assert "'compdiff sample' has no such option" in msg
+    assert "on the command line" not in msg
     # counted before merging
     assert "max_concepts" in perr("a AND a AND a", max_concepts=2)
     assert parse("a AND a", max_concepts=2).terms() == [Term("a", 2.0)]
@@ -273,8 +278,11 @@ def test_or_parses_but_terms_raise():
     assert e == Or((A, And((B, Not(C)))))
     assert e.has_or() and not parse("a AND NOT b").has_or()
     assert parse("NOT (a OR b)").has_or()
-    with pytest.raises(InputError, match="OR is not supported yet"):
+    with pytest.raises(InputError, match="use expr.clauses") as info:
         e.terms()
+    assert "not supported" not in str(info.value) and "mixture of AND clauses" in str(info.value)
+    with pytest.raises(InputError, match="use expr.clauses"):
+        e.leaves()
 
 
 # ----------------------------------------------------------------- printing

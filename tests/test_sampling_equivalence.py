@@ -1,14 +1,17 @@
-"""sample_ddpm / sample_ddim against diffusers' DDPMScheduler / DDIMScheduler, step for step.
+"""The samplers against diffusers' schedulers, step for step: DDPM (DDPMScheduler), DDIM
+(DDIMScheduler), DPM-Solver++(2M) (DPMSolverMultistepScheduler, dpmsolver++, order 2) and
+Euler (EulerDiscreteScheduler on VP tables, FlowMatchEulerDiscreteScheduler on rectified flow).
 
 The reference is diffusers' own scheduler loop (an independent implementation); both
 run in float64 on the same alphas_cumprod, timesteps, eps function and generator.
 """
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       FlowMatchEulerDiscreteScheduler)
 
-from compdiff.sampling import generators, sample_ddim, sample_ddpm
-from compdiff.schedule import NoiseSchedule
+from compdiff.sampling import generators, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler
+from compdiff.schedule import FlowSchedule, NoiseSchedule
 
 T = 1000
 
@@ -130,3 +133,71 @@ def test_sampler_rejects_bad_input():
         sample_ddim(lambda x, t: x, x, schedule, [100, 5])
     with pytest.raises(ValueError, match="2 generators"):
         sample_ddpm(lambda x, t: x, torch.zeros(3, 3), schedule, [5, 0], generator=generators([1, 2]))
+
+
+def _scheduler_loop(sched, fn, x, scale_by=None):
+    """diffusers' own loop (scale_model_input, step), collecting each step's sample; ``scale_by``
+    maps a scheduler time to the time our fn expects."""
+    xs = []
+    x = x * getattr(sched, "init_noise_sigma", 1.0)  # flow-matching schedulers have none: x_1 is the noise
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        tt = (scale_by(t) if scale_by else t).reshape(1).expand(x.shape[0])
+        x = sched.step(fn(inp, tt), t, x).prev_sample
+        xs.append(x)
+    return xs
+
+
+# Tolerances here: 1e-5 absolute plus 1e-5 relative. These diffusers schedulers step in float32
+# whatever the sample's dtype, which leaves relative differences up to ~5e-6 (measured) on samples that
+# reach |x| ~ 60 (and y = x/alpha ~ 1e3 for Euler) early in a run; the cosine table (a_999 ~ 2e-9, so
+# x0 ~ 1e4 from this test's arbitrary eps function) amplifies them in the second-order extrapolation
+# and is left to the linear schedules, SD's "scaled_linear" included.
+@pytest.mark.parametrize("n", [10, 25])
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
+def test_dpmpp_2m_matches_diffusers(n, beta_schedule):
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule=beta_schedule,
+                                        algorithm_type="dpmsolver++", solver_order=2)
+    sched.set_timesteps(n)
+    sched.sigmas = sched.sigmas.double()  # the scheduler keeps float32 sigmas; compare in float64
+    schedule = NoiseSchedule.from_diffusers(sched)
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ref = _scheduler_loop(sched, _eps_fn(), x_T)
+    ours = _ours(sample_dpmpp_2m, _eps_fn(), x_T, schedule, sched.timesteps)
+    assert len(ours) == len(ref) == n
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])  # linspace asks for fractional timesteps
+def test_euler_matches_diffusers_euler_discrete(spacing):
+    """EulerDiscreteScheduler keeps y = x/alpha; ours keeps x, so its step i is ours divided by alpha_s."""
+    sched = EulerDiscreteScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+    sched.set_timesteps(20)
+    sched.sigmas = sched.sigmas.double()
+    schedule = NoiseSchedule.from_diffusers(sched)
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    ref = _scheduler_loop(sched, _eps_fn(), x_T)
+    # diffusers starts y at x_T·sigma_max for these spacings (not x_T·sqrt(sigma_max² + 1)): start x there too
+    x_start = x_T * float(sched.init_noise_sigma) * schedule.alpha_sigma(float(sched.timesteps[0]))[0]
+    ours = _ours(sample_euler, _eps_fn(), x_start, schedule, sched.timesteps.double())
+    alpha_next = [schedule.alpha_sigma(float(t))[0] for t in sched.timesteps[1:]] + [1.0]
+    for a, b, alpha_s in zip(ours, ref, alpha_next):
+        torch.testing.assert_close(a / alpha_s, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_matches_diffusers_flow_match_euler(shift):
+    """Rectified flow: our fn returns the velocity at t = sigma; diffusers hands the model sigma·1000."""
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
+    sched.set_timesteps(12)
+    sched.sigmas = sched.sigmas.double()
+    schedule = FlowSchedule(shift=shift, t_min=float(sched.sigma_min))
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    velocity = _eps_fn()  # any smooth function of (x, t) will do for a step-for-step check
+    fn = lambda x, t: velocity(x, t * T)  # noqa: E731
+    ref = _scheduler_loop(sched, velocity, x_T)
+    ours = _ours(sample_euler, fn, x_T, schedule, 12)
+    assert len(ours) == len(ref) == 12
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -13,10 +13,21 @@ from compdiff.compose import ComposedEps, compose
 from compdiff.denoiser import ConceptEncoder, Denoiser, EpsFn
 from compdiff.errors import InputError, ParseError
 from compdiff.expr import Expr, Term, parse
-from compdiff.sampling import StepInfo, generators, randn, sample_ddim, sample_ddpm
-from compdiff.schedule import NoiseSchedule
+from compdiff.correctors import Corrector
+from compdiff.sampling import (SAMPLERS, StepInfo, generators, get_sampler, randn, register_sampler, sample_ddim,
+                               sample_ddpm, sample_dpmpp_2m, sample_euler)
+from compdiff.schedule import FlowSchedule, NoiseSchedule, Schedule
 
 __version__ = "0.1.0"
+
+
+def open_model(name_or_path, *, device="cpu", dtype: str = "auto", bf16: bool = False):
+    """Open a shipped world model by name, or a model directory of any registered family
+    (compdiff.json, diffusers model_index.json): an OpenedModel with denoiser, encoder, schedule,
+    recommended sampler, family, latent shape and decoder. See compdiff.backends.registry."""
+    from compdiff.backends.registry import open_model as _open
+
+    return _open(name_or_path, device=device, dtype=dtype, bf16=bf16)
 
 
 def load_pretrained(task: str = "objects", bf16: bool = False):
@@ -33,6 +44,7 @@ def load_model(path, bf16: bool = False):
     return _load(path, bf16=bf16)
 
 
-__all__ = ["parse", "Expr", "Term", "compose", "ComposedEps", "NoiseSchedule", "sample_ddpm",
-           "sample_ddim", "StepInfo", "generators", "randn", "Denoiser", "ConceptEncoder", "EpsFn",
-           "InputError", "ParseError", "load_pretrained", "load_model"]
+__all__ = ["parse", "Expr", "Term", "compose", "ComposedEps", "Schedule", "NoiseSchedule", "FlowSchedule",
+           "SAMPLERS", "get_sampler", "register_sampler", "Corrector", "sample_ddpm", "sample_ddim", "sample_euler",
+           "sample_dpmpp_2m", "StepInfo", "generators", "randn", "Denoiser", "ConceptEncoder", "EpsFn",
+           "InputError", "ParseError", "open_model", "load_pretrained", "load_model"]

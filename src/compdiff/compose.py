@@ -13,7 +13,11 @@ NOT. Terms whose weight is exactly 0 are not evaluated (their contribution is 0)
 Everything a step needs goes through the model in ONE batched forward of B·(K+1) rows
 (K unique concepts after merging duplicates, plus the null condition), split into chunks
 of at most ``max_batch`` rows only when asked. Conditions are encoded once, here, not
-per step.
+per step; a condition may be a tensor or named tensors (``compdiff.condition``), batched
+field by field. The time t reaches the denoiser in the dtype it was given (int64 timesteps
+or float times of a continuous-time schedule), only expanded to B and moved to x's device.
+The forward and the combination below are one kernel, :func:`guided_eps`, which
+``compdiff.compose_each`` (one expression per sample) shares.
 
 ``rescale`` is guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and
 Sample Steps are Flawed", eq. 15-16), per sample:
@@ -47,6 +51,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from compdiff.condition import (Cond, cond_cat, cond_index_select, cond_repeat_interleave, cond_rows, cond_slice,
+                                cond_to)
 from compdiff.denoiser import ConceptEncoder, Denoiser
 from compdiff.errors import InputError
 from compdiff.expr import MAX_CLAUSES, Clause, Expr, Term, parse
@@ -59,16 +65,16 @@ ClauseGenerator = torch.Generator | Sequence[torch.Generator] | None
 class ComposedEps:
     """``(x (B, ...), t (B,) or scalar) -> eps (B, ...)``, built by :func:`compose`.
 
-    Attributes: concepts (the K unique evaluated concepts, cond rows 1..K), cond ((K+1), ...)
-    with row 0 the null condition, clauses (the expression's DNF, ``Expr.clauses``),
+    Attributes: concepts (the K unique evaluated concepts, cond rows 1..K), cond (a ``Cond`` of
+    K+1 rows, row 0 the null condition), clauses (the expression's DNF, ``Expr.clauses``),
     clause_probs (C,) float64, weight_matrix (C, K) float64 = k·w·s per clause and concept
-    (0 where a clause lacks the concept), negation, assignment ((B,) clause of each sample,
-    or None), rows_evaluated (running count of rows sent through the denoiser).
-    For an expression without OR (one clause): terms (its evaluated terms) and weights
-    (K,) = weight_matrix[0]; with OR, terms is [] and weights is empty.
+    (0 where a clause lacks the concept), ref_matrix (C, K) bool (the clause's positive terms,
+    averaged into eps_ref for rescale), negation, assignment ((B,) clause of each sample, or
+    None), rows_evaluated (running count of rows sent through the denoiser), and terms: the
+    evaluated terms of an expression without OR ([] with OR).
     """
 
-    def __init__(self, denoiser: Denoiser, cond: Tensor, concepts: list[str], clauses: list[Clause],
+    def __init__(self, denoiser: Denoiser, cond: Cond, concepts: list[str], clauses: list[Clause],
                  weight_matrix: Tensor, ref_matrix: Tensor, rescale: float, max_batch: int | None,
                  negation: Negation = "plain") -> None:
         self.denoiser = denoiser
@@ -77,17 +83,14 @@ class ComposedEps:
         self.clauses = clauses
         self.clause_probs = torch.tensor([c.weight for c in clauses], dtype=torch.float64)
         self.weight_matrix = weight_matrix
-        self.ref_matrix = ref_matrix  # (C, K) bool: positive terms, averaged into eps_ref for rescale
+        self.ref_matrix = ref_matrix
         self.rescale = rescale
         self.max_batch = max_batch
         self.negation = negation
         self.assignment: Tensor | None = None
-        one = len(clauses) == 1
-        self.terms = [t for t in clauses[0].terms if t.weight != 0.0] if one else []
-        self.weights = weight_matrix[0] if one else torch.zeros(0, dtype=torch.float64)
-        self.ref_mask = ref_matrix[0] if one else torch.zeros(0, dtype=torch.bool)
+        self.terms = [t for t in clauses[0].terms if t.weight != 0.0] if len(clauses) == 1 else []
         self.rows_evaluated = 0
-        self._rows_cache: dict[tuple, Tensor] = {}
+        self._rows_cache: dict[tuple, Cond] = {}
 
     # ---- OR: one clause per sample ------------------------------------------------
     def draw_clauses(self, batch_size: int, generator: ClauseGenerator = None) -> Tensor:
@@ -132,53 +135,77 @@ class ComposedEps:
         return self.weight_matrix[self.assignment].T, self.ref_matrix[self.assignment].T
 
     # ---- the forward -----------------------------------------------------------------
-    def _cond_rows(self, B: int, device: torch.device, active: tuple[int, ...]) -> Tensor:
+    def _cond_rows(self, B: int, device: torch.device, active: tuple[int, ...]) -> Cond:
         """cond rows [0, *active] repeated to G·B rows, condition-major: rows [j·B, (j+1)·B) hold condition j."""
         key = (B, device, active)
-        if key not in self._rows_cache:
-            idx = torch.tensor((0, *active), dtype=torch.long, device=self.cond.device)
-            self._rows_cache = {key: self.cond.index_select(0, idx).to(device).repeat_interleave(B, dim=0)}
+        if key not in self._rows_cache:  # one entry: a sampler calls with the same B and concepts every step
+            rows = cond_to(cond_index_select(self.cond, torch.tensor((0, *active), dtype=torch.long)), device)
+            self._rows_cache = {key: cond_repeat_interleave(rows, B)}
         return self._rows_cache[key]
-
-    def _forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        n = x.shape[0]
-        self.rows_evaluated += n
-        if self.max_batch is None or n <= self.max_batch:
-            return self.denoiser(x, t, cond)
-        m = self.max_batch
-        return torch.cat([self.denoiser(x[i:i + m], t[i:i + m], cond[i:i + m]) for i in range(0, n, m)])
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(B) if t.ndim == 0 else t
         W, ref = self._sample_weights(B)
-        keep = (W != 0).any(1)
+        keep = (W != 0).any(1)  # concepts no sample of this batch uses are not evaluated
         active = tuple(int(k) + 1 for k in torch.nonzero(keep).flatten())  # cond rows in use
-        G = 1 + len(active)
-        x_in = x.unsqueeze(0).expand(G, *x.shape).reshape(G * B, *x.shape[1:])
-        t_in = t.unsqueeze(0).expand(G, B).reshape(G * B)
-        out = self._forward(x_in, t_in, self._cond_rows(B, x.device, active)).reshape(G, B, *x.shape[1:])
-        eps_null, eps_c = out[0], out[1:]
-        if G == 1:
-            return eps_null
-        w = W[keep].to(x.device, out.dtype).reshape(G - 1, B, *([1] * (x.ndim - 1)))
-        delta = eps_c - eps_null
-        if self.negation == "perp":
-            delta = _perpendicular(delta, w)
-        eps = eps_null + (w * delta).sum(0)
-        if self.rescale:
-            eps = self._rescaled(eps, eps_null, eps_c, ref[keep].to(x.device))
-        return eps
+        self.rows_evaluated += B * (1 + len(active))
+        return guided_eps(self.denoiser, x, t, self._cond_rows(B, x.device, active), W[keep], ref[keep],
+                          self.negation, self.rescale, self.max_batch)
 
-    def _rescaled(self, eps: Tensor, eps_null: Tensor, eps_c: Tensor, ref_mask: Tensor) -> Tensor:
-        """ref_mask (K', B): the positive terms of each sample; their mean prediction is eps_ref."""
-        m = ref_mask.to(eps_c.dtype).reshape(*ref_mask.shape, *([1] * (eps.ndim - 1)))
-        n = m.sum(0)
-        ref = torch.where(n > 0, (m * eps_c).sum(0) / n.clamp(min=1), eps_null)
-        dims = list(range(1, eps.ndim))
-        eps_r = eps * (ref.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True))
-        return self.rescale * eps_r + (1 - self.rescale) * eps
+
+def guided_eps(denoiser: Denoiser, x: Tensor, t: Tensor | float, cond: Cond, weights: Tensor, ref_mask: Tensor,
+               negation: Negation = "plain", rescale: float = 0.0, max_batch: int | None = None) -> Tensor:
+    """The composition kernel shared by :func:`compose` and ``compose_each``: the composed eps (B, ...)
+    of G = 1 + K' conditions per sample, from ONE batched forward of G·B rows.
+
+    x: (B, ...); t: (B,) or scalar, int64 timesteps or float times, passed to the denoiser in
+    its own dtype (only expanded to B and moved to x's device); cond: a ``Cond`` of G·B rows,
+    condition-major (rows [g·B, (g+1)·B) hold condition g of every sample; g = 0 the null);
+    weights: (K', B) k·w·s of condition g = 1..K' for sample b (0: unused by that sample);
+    ref_mask: (K', B) bool, sample b's positive terms (their mean prediction is eps_ref for rescale).
+    The forward is split into chunks of at most ``max_batch`` rows, nothing else; the combination
+    (perpendicular NOT, weighted sum, guidance rescale) is the module docstring's, per sample.
+    """
+    B, G = x.shape[0], 1 + weights.shape[0]
+    if weights.shape[1] != B or ref_mask.shape != weights.shape or cond_rows(cond) != G * B:
+        raise ValueError(f"for x of {B} samples, weights and ref_mask must be ({G - 1}, {B}) and cond hold "
+                         f"{G * B} rows; got {tuple(weights.shape)}, {tuple(ref_mask.shape)}, {cond_rows(cond)}")
+    t = torch.as_tensor(t, device=x.device)
+    t = t.expand(B) if t.ndim == 0 else t
+    x_in = x.unsqueeze(0).expand(G, *x.shape).reshape(G * B, *x.shape[1:])
+    t_in = t.unsqueeze(0).expand(G, B).reshape(G * B)
+    out = _forward(denoiser, x_in, t_in, cond, max_batch).reshape(G, B, *x.shape[1:])
+    eps_null, eps_c = out[0], out[1:]
+    if G == 1:
+        return eps_null
+    w = weights.to(x.device, out.dtype).reshape(G - 1, B, *([1] * (x.ndim - 1)))
+    delta = eps_c - eps_null
+    if negation == "perp":
+        delta = _perpendicular(delta, w)
+    eps = eps_null + (w * delta).sum(0)
+    if rescale:
+        eps = _rescaled(eps, eps_null, eps_c, ref_mask.to(x.device), rescale)
+    return eps
+
+
+def _forward(denoiser: Denoiser, x: Tensor, t: Tensor, cond: Cond, max_batch: int | None) -> Tensor:
+    """denoiser(x, t, cond) over N rows, in chunks of at most max_batch rows."""
+    n = x.shape[0]
+    if max_batch is None or n <= max_batch:
+        return denoiser(x, t, cond)
+    m = max_batch
+    return torch.cat([denoiser(x[i:i + m], t[i:i + m], cond_slice(cond, i, i + m)) for i in range(0, n, m)])
+
+
+def _rescaled(eps: Tensor, eps_null: Tensor, eps_c: Tensor, ref_mask: Tensor, rescale: float) -> Tensor:
+    """Guidance rescale of eps (B, ...); ref_mask (K', B): each sample's positive terms, whose mean
+    prediction (eps_c (K', B, ...)) is eps_ref, eps_null where a sample has none."""
+    m = ref_mask.to(eps_c.dtype).reshape(*ref_mask.shape, *([1] * (eps.ndim - 1)))
+    n = m.sum(0)
+    ref = torch.where(n > 0, (m * eps_c).sum(0) / n.clamp(min=1), eps_null)
+    dims = list(range(1, eps.ndim))
+    eps_r = eps * (ref.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True))
+    return rescale * eps_r + (1 - rescale) * eps
 
 
 def _perpendicular(delta: Tensor, w: Tensor) -> Tensor:
@@ -204,6 +231,31 @@ def effective_weights(terms: list[Term], guidance_scale: float, mode: Mode) -> l
     return [term.weight * guidance_scale * k for term in terms]
 
 
+def check_options(rescale: float, max_batch: int | None, negation: str) -> None:
+    """Raise InputError for rescale outside [0, 1], max_batch < 1 or a negation other than plain/perp."""
+    if not 0.0 <= rescale <= 1.0:
+        raise InputError(f"rescale must lie in [0, 1], got {rescale}")
+    if max_batch is not None and max_batch < 1:
+        raise InputError(f"max_batch must be >= 1, got {max_batch}")
+    if negation not in ("plain", "perp"):
+        raise InputError(f"negation must be 'plain' or 'perp', got {negation!r}")
+
+
+def encode_conditions(encoder: ConceptEncoder, concepts: Sequence[str]) -> Cond:
+    """The null condition then one row per concept: a ``Cond`` of 1 + K rows, from ONE encode
+    call (none when K = 0). Raises ValueError when the encoder returns the wrong number of rows,
+    fields that disagree in rows, or null and concept conditions with different fields."""
+    null = encoder.null()
+    if cond_rows(null) != 1:
+        raise ValueError(f"encoder.null() must return 1 row, got {cond_rows(null)}")
+    if not concepts:
+        return null
+    rows = encoder.encode(list(concepts))
+    if cond_rows(rows) != len(concepts):
+        raise ValueError(f"encoder.encode() returned {cond_rows(rows)} rows for {len(concepts)} concepts")
+    return cond_cat([null, rows])
+
+
 def compose(denoiser: Denoiser, encoder: ConceptEncoder, expr: Expr | str, guidance_scale: float = 1.0,
             mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None,
             negation: Negation = "plain", max_clauses: int = MAX_CLAUSES) -> ComposedEps:
@@ -216,12 +268,7 @@ def compose(denoiser: Denoiser, encoder: ConceptEncoder, expr: Expr | str, guida
     """
     if isinstance(expr, str):
         expr = parse(expr)
-    if not 0.0 <= rescale <= 1.0:
-        raise InputError(f"rescale must lie in [0, 1], got {rescale}")
-    if max_batch is not None and max_batch < 1:
-        raise InputError(f"max_batch must be >= 1, got {max_batch}")
-    if negation not in ("plain", "perp"):
-        raise InputError(f"negation must be 'plain' or 'perp', got {negation!r}")
+    check_options(rescale, max_batch, negation)
     clauses = expr.clauses(max_clauses)
     concepts: dict[str, int] = {}
     rows: list[list[tuple[str, float, bool]]] = []
@@ -237,7 +284,6 @@ def compose(denoiser: Denoiser, encoder: ConceptEncoder, expr: Expr | str, guida
         for concept, w, positive in row:
             W[c, concepts[concept]] = w
             ref[c, concepts[concept]] = positive
-    null = encoder.null()
     names = list(concepts)
-    cond = torch.cat([null, encoder.encode(names)]) if names else null
-    return ComposedEps(denoiser, cond, names, clauses, W, ref, rescale, max_batch, negation)
+    return ComposedEps(denoiser, encode_conditions(encoder, names), names, clauses, W, ref, rescale, max_batch,
+                       negation)

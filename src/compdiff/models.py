@@ -9,8 +9,8 @@ A model directory::
     cond_tokens.safetensors     the condition token sequence (cross-attention models only)
     README.md                   model card (shipped models)
 
-``load_model(path)`` returns ``Loaded(denoiser, encoder, schedule)``, which unpacks as the
-triple of ../shared/DESIGN.md.
+``load_model(path)`` returns ``Loaded(denoiser, encoder, schedule)``; ``compdiff.open_model``
+opens these directories (and diffusers pipelines) for the CLI, the evaluation and users.
 """
 from __future__ import annotations
 
@@ -27,51 +27,23 @@ from torch import Tensor
 from compdiff.denoiser import ConceptEncoder
 from compdiff.errors import InputError
 from compdiff.nn import ConditionalUNet, ModelConfig
-from compdiff.schedule import NoiseSchedule
-from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES
+from compdiff.schedule import Schedule, make_schedule
 from compdiff.world.tasks import get_task
-from compdiff.world.tasks.attributes import VOCAB
-from compdiff.world.tasks.relations import RELATIONS
 
 FORMAT = "compdiff-model"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class Loaded(NamedTuple):
-    """Unpacks as ``denoiser, encoder, schedule`` (../shared/DESIGN.md); ``.config`` is the ModelConfig."""
+    """Unpacks as ``denoiser, encoder, schedule``; ``.config`` is the ModelConfig."""
 
     denoiser: "InferenceDenoiser"
     encoder: ConceptEncoder
-    schedule: NoiseSchedule
+    schedule: Schedule
 
     @property
     def config(self) -> ModelConfig:
         return self.denoiser.net.cfg
-
-
-def condition_spec(task: str) -> dict[str, Any]:
-    """The condition kind and per-slot table sizes of a world task's rows."""
-    if task == "objects":
-        return {"cond_kind": "position", "vocab_sizes": ()}
-    desc = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1, len(MATERIALS) + 1)
-    if task == "relations":
-        # tokens for cross-attention: the first object, the relation, the second object
-        return {"cond_kind": "tokens", "vocab_sizes": desc + (len(RELATIONS) + 1,) + desc,
-                "token_groups": ((0, 1, 2, 3), (4,), (5, 6, 7, 8))}
-    if task == "attributes":
-        return {"cond_kind": "tokens", "vocab_sizes": (len(VOCAB) + 1,)}
-    get_task(task)  # raises the InputError listing the tasks
-    raise AssertionError(task)
-
-
-def make_schedule(spec: dict[str, Any]) -> NoiseSchedule:
-    """{"kind": "cosine"|"linear", "T": int, ...} -> NoiseSchedule."""
-    kind, T = spec.get("kind"), int(spec.get("T", 1000))
-    if kind == "cosine":
-        return NoiseSchedule.cosine(T)
-    if kind == "linear":
-        return NoiseSchedule.linear(T, spec.get("beta_start", 1e-4), spec.get("beta_end", 0.02))
-    raise InputError(f"unknown schedule kind {kind!r}; expected 'cosine' or 'linear'")
 
 
 class JointEncoder:
@@ -145,7 +117,7 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     if not meta_file.is_file():
         raise InputError(f"{path} is not a compdiff model directory (no compdiff.json); "
                          "train one with 'compdiff train' or use a shipped model")
-    meta = json.loads(meta_file.read_text())
+    meta = _read_meta(meta_file)
     if meta.get("format") != FORMAT:
         raise InputError(f"{meta_file} is not a compdiff model config (format {meta.get('format')!r})")
     cfg = ModelConfig.from_dict(meta["model"])
@@ -160,15 +132,30 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
 
 def recommended_sampling(path: str | Path) -> dict[str, Any]:
     """The sampler a model directory's compdiff.json recommends, e.g. {"sampler": "ddpm",
-    "steps": 100} ("sampling"; empty when it names none). Samplers never read it: the CLI
-    uses it as its default."""
+    "steps": 100} ("sampling"; empty when it names none). Samplers never read it: front ends
+    use it as their default. The sampler must be one of ``compdiff.SAMPLERS``."""
+    from compdiff.sampling import SAMPLERS
+
     meta_file = Path(path) / "compdiff.json"
-    sampling = json.loads(meta_file.read_text()).get("sampling", {}) if meta_file.is_file() else {}
-    if not isinstance(sampling, dict) or set(sampling) - {"sampler", "steps"} \
-            or sampling.get("sampler", "ddim") not in ("ddim", "ddpm") or int(sampling.get("steps", 1)) < 1:
-        raise InputError(f"{meta_file}: 'sampling' must be like {{\"sampler\": \"ddpm\", \"steps\": 100}}, "
-                         f"got {sampling!r}")
+    sampling = _read_meta(meta_file).get("sampling", {}) if meta_file.is_file() else {}
+    ok = isinstance(sampling, dict) and not set(sampling) - {"sampler", "steps"} \
+        and sampling.get("sampler", "ddim") in SAMPLERS and isinstance(sampling.get("steps", 1), int) \
+        and sampling.get("steps", 1) >= 1
+    if not ok:
+        raise InputError(f"{meta_file}: 'sampling' must be like {{\"sampler\": \"ddpm\", \"steps\": 100}} with a "
+                         f"sampler among {', '.join(SAMPLERS)}, got {sampling!r}")
     return dict(sampling)
+
+
+def _read_meta(meta_file: Path) -> dict[str, Any]:
+    """compdiff.json as a dict; InputError naming the file when it is not valid JSON or not an object."""
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{meta_file}: not readable JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def shipped_models() -> dict[str, Path]:

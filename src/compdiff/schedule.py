@@ -1,32 +1,199 @@
-"""The noise schedule: one frozen object, and the prediction conversions.
+"""The forward process as one frozen object, and every prediction conversion, written once.
 
-Variance-preserving forward process (DDPM): for an integer timestep t in [0, T),
+A schedule describes x_t = α(t)·x_0 + σ(t)·ε over its own time variable t:
 
-    x_t = sqrt(a_t) * x_0 + sqrt(1 - a_t) * eps,     a_t = alphas_cumprod[t]
+* :class:`NoiseSchedule`: a discrete variance-preserving table (DDPM). t is an integer in
+  [0, T), α_t = sqrt(a_t), σ_t = sqrt(1 − a_t), a_t = alphas_cumprod[t]. A fractional t
+  (as diffusers' Euler schedulers ask for) interpolates σ/α linearly between table entries.
+* :class:`FlowSchedule`: rectified flow (Liu et al. 2023; SD3 and Flux). t is a float in
+  [0, 1], α(t) = 1 − t, σ(t) = t, with derivatives α' = −1, σ' = 1.
 
-Notation below: alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t).
-Every conversion between the eps, x0, v and score parametrisations lives here,
-written once; other layers call these methods.
+The parametrisations of a model's output, all affine in it for fixed (x, t):
+
+    eps        ε
+    sample     x̂_0
+    v          α ε − σ x̂_0                       (Salimans & Ho 2022; "v_prediction")
+    velocity   α' x̂_0 + σ' ε = dx/dt              (flow matching; continuous schedules only)
+    score      ∇ log p_t(x) = −ε / σ
+
+``schedule.prediction`` names the parametrisation that prediction functions over this
+schedule return (``"epsilon"`` for the VP tables, ``"velocity"`` for rectified flow), and
+:meth:`Schedule.split` turns such an output into the pair (x̂_0, ε̂) that every sampler and
+corrector works with. Because each conversion is affine with an intercept that does not
+depend on the condition, composing predictions (compdiff.compose) gives the same result in
+any of these spaces; the split is where the space stops mattering.
+
+Scalars in, scalars out: with a Python number t, ``alpha_sigma`` returns Python floats
+(float64) and the conversions do scalar arithmetic, which is what the samplers use; with a
+tensor t (B,), they return tensors broadcastable against x.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 Spacing = Literal["leading", "trailing", "linspace"]
-Prediction = Literal["epsilon", "v_prediction", "sample"]
+Prediction = Literal["epsilon", "v_prediction", "sample", "velocity"]
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "velocity")
+Time = Union[int, float, Tensor]
+Coef = Union[float, Tensor]
+#: timesteps as samplers accept them: a number of steps, or descending times, or None (see Schedule.run)
+Timesteps = Union[int, Sequence[Union[int, float]], Tensor, None]
+
+
+class Schedule:
+    """Base of the schedules: α(t), σ(t) and the conversions between parametrisations.
+
+    Subclasses define ``_alpha_sigma64(t: Tensor float64 (B,)) -> (alpha, sigma)``, ``timesteps``,
+    ``time_dtype`` (dtype of the t a model receives), ``prediction``, and ``_check_times``.
+    """
+
+    prediction: Prediction = "epsilon"
+    time_dtype: torch.dtype = torch.int64
+
+    # ---- α and σ ----------------------------------------------------------------------------
+    def _alpha_sigma64(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def alpha_sigma(self, t: Time, like: Tensor | None = None) -> tuple[Coef, Coef]:
+        """(α_t, σ_t): Python floats for a scalar t; for a tensor t (B,), tensors shaped (B, 1, ...)
+        to broadcast against ``like`` (in its dtype and device)."""
+        if not isinstance(t, Tensor) or t.ndim == 0:
+            a, s = self._alpha_sigma64(torch.as_tensor([float(t)], dtype=torch.float64))
+            return float(a[0]), float(s[0])
+        a, s = self._alpha_sigma64(t.detach().to("cpu", torch.float64))
+        if like is None:
+            return a, s
+        shape = (-1, *([1] * (like.ndim - 1)))
+        return a.reshape(shape).to(like.device, like.dtype), s.reshape(shape).to(like.device, like.dtype)
+
+    def derivatives(self, t: Time, like: Tensor | None = None) -> tuple[Coef, Coef]:
+        """(dα/dt, dσ/dt): only continuous-time schedules have them."""
+        raise ValueError(f"{type(self).__name__} is a discrete table with no time derivative; velocity "
+                         "conversions need a continuous-time schedule such as FlowSchedule")
+
+    # ---- conversions (each written once) ------------------------------------------------------
+    def add_noise(self, x0: Tensor, eps: Tensor, t: Time) -> Tensor:
+        """q(x_t | x_0): x_t = α_t x_0 + σ_t ε."""
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return alpha * x0 + sigma * eps
+
+    def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Time) -> Tensor:
+        """x_0 = (x_t − σ_t ε) / α_t."""
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        return (x_t - sigma * eps) / alpha
+
+    def eps_from_x0(self, x_t: Tensor, x0: Tensor, t: Time) -> Tensor:
+        """ε = (x_t − α_t x_0) / σ_t."""
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        return (x_t - alpha * x0) / sigma
+
+    def v_from_x0_eps(self, x0: Tensor, eps: Tensor, t: Time, like: Tensor) -> Tensor:
+        """v = α_t ε − σ_t x_0."""
+        alpha, sigma = self.alpha_sigma(t, like)
+        return alpha * eps - sigma * x0
+
+    def x0_eps_from_v(self, x_t: Tensor, v: Tensor, t: Time) -> tuple[Tensor, Tensor]:
+        """Solve x_t = α x_0 + σ ε, v = α ε − σ x_0: x_0 = (α x_t − σ v)/(α² + σ²), ε = (σ x_t + α v)/(α² + σ²)."""
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        norm = alpha * alpha + sigma * sigma
+        return (alpha * x_t - sigma * v) / norm, (sigma * x_t + alpha * v) / norm
+
+    def velocity_from_x0_eps(self, x0: Tensor, eps: Tensor, t: Time, like: Tensor) -> Tensor:
+        """dx/dt = α'(t) x_0 + σ'(t) ε (the flow-matching target)."""
+        da, ds = self.derivatives(t, like)
+        return da * x0 + ds * eps
+
+    def x0_eps_from_velocity(self, x_t: Tensor, u: Tensor, t: Time) -> tuple[Tensor, Tensor]:
+        """Solve x_t = α x_0 + σ ε, u = α' x_0 + σ' ε (determinant α σ' − σ α', 1 for rectified flow):
+        x_0 = (σ' x_t − σ u)/det, ε = (α u − α' x_t)/det. Finite at t = 1, where α = 0."""
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        da, ds = self.derivatives(t, x_t)
+        det = alpha * ds - sigma * da
+        return (ds * x_t - sigma * u) / det, (alpha * u - da * x_t) / det
+
+    def score_from_eps(self, x_t: Tensor, eps: Tensor, t: Time) -> Tensor:
+        """∇_x log p_t(x) = −ε / σ_t (σ_t > 0 at every level a sampler evaluates)."""
+        _, sigma = self.alpha_sigma(t, x_t)
+        return -eps / sigma
+
+    def split(self, x_t: Tensor, out: Tensor, t: Time, prediction: Prediction | None = None) -> tuple[Tensor, Tensor]:
+        """(x̂_0, ε̂) from a model output ``out`` in ``prediction`` (default: ``self.prediction``)."""
+        kind = prediction or self.prediction
+        if kind == "epsilon":
+            return self.x0_from_eps(x_t, out, t), out
+        if kind == "sample":
+            return out, self.eps_from_x0(x_t, out, t)
+        if kind == "v_prediction":
+            return self.x0_eps_from_v(x_t, out, t)
+        if kind == "velocity":
+            return self.x0_eps_from_velocity(x_t, out, t)
+        raise ValueError(f"unknown prediction type {kind!r}; expected one of {', '.join(PREDICTIONS)}")
+
+    def prediction_from(self, x0: Tensor, eps: Tensor, t: Time, like: Tensor,
+                        prediction: Prediction | None = None) -> Tensor:
+        """The inverse of :meth:`split`: the output in ``prediction`` whose split is (x0, eps)."""
+        kind = prediction or self.prediction
+        if kind == "epsilon":
+            return eps
+        if kind == "sample":
+            return x0
+        if kind == "v_prediction":
+            return self.v_from_x0_eps(x0, eps, t, like)
+        if kind == "velocity":
+            return self.velocity_from_x0_eps(x0, eps, t, like)
+        raise ValueError(f"unknown prediction type {kind!r}; expected one of {', '.join(PREDICTIONS)}")
+
+    def eps_from_prediction(self, x_t: Tensor, out: Tensor, t: Time, prediction: Prediction) -> Tensor:
+        """ε from a model output of the given parametrisation."""
+        return self.split(x_t, out, t, prediction)[1]
+
+    # ---- time -------------------------------------------------------------------------------------
+    def timesteps(self, n: int, spacing: Spacing = "leading", offset: int = 0) -> Tensor:
+        raise NotImplementedError
+
+    def _check_times(self, ts: list) -> None:
+        raise NotImplementedError
+
+    def run(self, timesteps: Timesteps) -> list:
+        """The descending times of a sampler run as Python numbers: an int n gives
+        ``timesteps(n)``, a sequence or tensor is checked (in range, strictly decreasing)."""
+        if isinstance(timesteps, bool):
+            raise ValueError("timesteps must be a number of steps or a sequence of times")
+        if isinstance(timesteps, int):
+            return self.timesteps(timesteps).tolist()
+        if timesteps is None:
+            raise ValueError(f"{type(self).__name__}: pass timesteps (a number of steps or a list of times)")
+        ts = timesteps.tolist() if isinstance(timesteps, Tensor) else list(timesteps)
+        if not ts:
+            raise ValueError("timesteps is empty")
+        self._check_times(ts)
+        if any(b >= a for a, b in zip(ts, ts[1:])):
+            raise ValueError("timesteps must be strictly decreasing")
+        return ts
+
+    def t_batch(self, t: int | float, batch: int, device: torch.device | str) -> Tensor:
+        """(batch,) the time a model receives: ``time_dtype``, or float32 for a fractional time on an
+        integer table (what diffusers' Euler schedulers hand the UNet)."""
+        dtype = self.time_dtype
+        if not dtype.is_floating_point and float(t) != int(t):
+            dtype = torch.float32
+        return torch.full((batch,), t, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True, eq=False)
-class NoiseSchedule:
-    """alphas_cumprod: (T,) float64, strictly decreasing in (0, 1]."""
+class NoiseSchedule(Schedule):
+    """Discrete VP table. alphas_cumprod: (T,) float64, strictly decreasing in (0, 1]."""
 
     alphas_cumprod: Tensor
+
+    prediction = "epsilon"
+    time_dtype = torch.int64
 
     def __post_init__(self) -> None:
         a = torch.as_tensor(self.alphas_cumprod).detach().to("cpu", torch.float64).clone()
@@ -63,10 +230,31 @@ class NoiseSchedule:
             raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod; cannot build a NoiseSchedule from it")
         return cls(torch.as_tensor(a))
 
-    # ---- timesteps ----------------------------------------------------------
     @property
     def T(self) -> int:
         return self.alphas_cumprod.numel()
+
+    def _alpha_sigma64(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.alphas_cumprod
+        if torch.equal(t, t.round()):
+            abar = a[t.long()]
+            return abar.sqrt(), (1 - abar).sqrt()
+        # fractional t: interpolate s = σ/α = sqrt((1 − a)/a) linearly, as diffusers' Euler schedulers do
+        grid = ((1 - a) / a).sqrt()
+        lo = t.floor().long().clamp(0, a.numel() - 1)
+        hi = (lo + 1).clamp(max=a.numel() - 1)
+        frac = t - lo.double()
+        s = (1 - frac) * grid[lo] + frac * grid[hi]
+        alpha = 1 / (1 + s**2).sqrt()
+        return alpha, s * alpha
+
+    def _check_times(self, ts: list) -> None:
+        if any(not 0 <= t <= self.T - 1 for t in ts):
+            raise ValueError(f"timesteps must lie in [0, {self.T}), got {ts}")
+
+    def run(self, timesteps: Timesteps) -> list:
+        """As :meth:`Schedule.run`; None means every timestep T−1, ..., 0 (the full DDPM chain)."""
+        return super().run(self.T if timesteps is None else timesteps)
 
     def timesteps(self, n: int, spacing: Spacing = "leading", offset: int = 0) -> Tensor:
         """n descending integer timesteps, spaced as diffusers names them:
@@ -88,68 +276,70 @@ class NoiseSchedule:
             raise ValueError(f"timesteps out of [0, {T}) with offset={offset}")
         return out
 
-    # ---- coefficients ---------------------------------------------------------
-    def abar(self, t: Tensor | int) -> Tensor:
-        """a_t (float64, on the CPU) for t (B,) or a scalar."""
-        return self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long, device="cpu")]
 
-    def alpha_sigma(self, t: Tensor | int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """(alpha_t, sigma_t) = (sqrt(a_t), sqrt(1 - a_t)), broadcastable against `like`."""
-        a = self.abar(t)
-        shape = (-1, *([1] * (like.ndim - 1))) if a.ndim == 1 else ()
-        alpha, sigma = a.sqrt(), (1 - a).sqrt()
-        return (alpha.reshape(shape).to(like.device, like.dtype), sigma.reshape(shape).to(like.device, like.dtype))
+@dataclass(frozen=True, eq=False)
+class FlowSchedule(Schedule):
+    """Rectified flow: x_t = (1 − t) x_0 + t ε, t in [0, 1]; predictions are velocities ε − x_0.
 
-    # ---- conversions (each written once) ----------------------------------------
-    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor | int) -> Tensor:
-        """q(x_t | x_0): x_t = alpha_t x_0 + sigma_t eps."""
-        alpha, sigma = self.alpha_sigma(t, x0)
-        return alpha * x0 + sigma * eps
+    shift: the resolution-dependent time shift of SD3 (Esser et al. 2024, eq. 23),
+    t ↦ shift·t / (1 + (shift − 1)·t), applied by :meth:`timesteps` (1 = none).
+    t_min: the smallest time :meth:`timesteps` reaches before the clean end (diffusers'
+    FlowMatchEulerDiscreteScheduler uses 1/num_train_timesteps).
+    """
 
-    def x0_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | int) -> Tensor:
-        """x_0 = (x_t - sigma_t eps) / alpha_t."""
-        alpha, sigma = self.alpha_sigma(t, x_t)
-        return (x_t - sigma * eps) / alpha
+    shift: float = 1.0
+    t_min: float = 1e-3
 
-    def eps_from_x0(self, x_t: Tensor, x0: Tensor, t: Tensor | int) -> Tensor:
-        """eps = (x_t - alpha_t x_0) / sigma_t."""
-        alpha, sigma = self.alpha_sigma(t, x_t)
-        return (x_t - alpha * x0) / sigma
+    prediction = "velocity"
+    time_dtype = torch.float32
 
-    def v_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | int) -> Tensor:
-        """v = alpha_t eps - sigma_t x_0 (Salimans & Ho 2022) = (eps - sigma_t x_t) / alpha_t."""
-        alpha, sigma = self.alpha_sigma(t, x_t)
-        return (eps - sigma * x_t) / alpha
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.shift) and self.shift > 0):
+            raise ValueError(f"shift must be a finite number > 0, got {self.shift}")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min}")
 
-    def eps_from_v(self, x_t: Tensor, v: Tensor, t: Tensor | int) -> Tensor:
-        """eps = sigma_t x_t + alpha_t v."""
-        alpha, sigma = self.alpha_sigma(t, x_t)
-        return sigma * x_t + alpha * v
+    def _alpha_sigma64(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return 1 - t, t.clone()
 
-    def score_from_eps(self, x_t: Tensor, eps: Tensor, t: Tensor | int) -> Tensor:
-        """grad_x log p_t(x) = -eps / sigma_t."""
-        _, sigma = self.alpha_sigma(t, x_t)
-        return -eps / sigma
+    def derivatives(self, t: Time, like: Tensor | None = None) -> tuple[Coef, Coef]:
+        """α' = −1, σ' = 1 everywhere."""
+        return -1.0, 1.0
 
-    def eps_from_score(self, x_t: Tensor, score: Tensor, t: Tensor | int) -> Tensor:
-        """eps = -sigma_t · score."""
-        _, sigma = self.alpha_sigma(t, x_t)
-        return -sigma * score
+    def _check_times(self, ts: list) -> None:
+        if any(not 0 < t <= 1 for t in ts):
+            raise ValueError(f"flow times must lie in (0, 1], got {ts}")
 
-    def eps_from_prediction(self, x_t: Tensor, out: Tensor, t: Tensor | int, prediction: Prediction) -> Tensor:
-        """Turn a model output of the given parametrisation into eps."""
-        if prediction == "epsilon":
-            return out
-        if prediction == "v_prediction":
-            return self.eps_from_v(x_t, out, t)
-        if prediction == "sample":
-            return self.eps_from_x0(x_t, out, t)
-        raise ValueError(f"unknown prediction type {prediction!r}; expected 'epsilon', 'v_prediction' or 'sample'")
+    def shifted(self, t: np.ndarray) -> np.ndarray:
+        return self.shift * t / (1 + (self.shift - 1) * t)
 
-    # ---- serialisation ------------------------------------------------------------
-    def to_config(self) -> dict[str, Any]:
-        return {"alphas_cumprod": self.alphas_cumprod.tolist()}
+    def timesteps(self, n: int, spacing: Spacing = "linspace", offset: int = 0) -> Tensor:
+        """n descending times from 1 to t_min (before the shift), float64: "linspace" (diffusers'
+        FlowMatchEulerDiscreteScheduler) includes both ends; "trailing" spaces n steps evenly
+        down from 1 and stops one step above 0. ``offset`` is not used (VP spacing only)."""
+        if n < 1:
+            raise ValueError(f"number of steps must be >= 1, got {n}")
+        if spacing == "linspace":
+            ts = np.linspace(1.0, self.t_min, n)
+        elif spacing == "trailing":
+            ts = np.arange(n, 0, -1) / n
+        else:
+            raise ValueError(f"spacing {spacing!r} is not defined for FlowSchedule; use 'linspace' or 'trailing'")
+        return torch.from_numpy(self.shifted(ts).copy())
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> NoiseSchedule:
-        return cls(torch.tensor(config["alphas_cumprod"], dtype=torch.float64))
+
+def make_schedule(spec: dict[str, Any]) -> Schedule:
+    """A schedule from its JSON spec: {"kind": "cosine"|"linear", "T": int, ...} or {"kind": "flow", "shift": s}."""
+    from compdiff.errors import InputError
+
+    if not isinstance(spec, dict):
+        raise InputError(f"a schedule spec must be a JSON object, got {spec!r}")
+    kind = spec.get("kind")
+    if kind == "flow":
+        return FlowSchedule(float(spec.get("shift", 1.0)))
+    T = int(spec.get("T", 1000))
+    if kind == "cosine":
+        return NoiseSchedule.cosine(T)
+    if kind == "linear":
+        return NoiseSchedule.linear(T, spec.get("beta_start", 1e-4), spec.get("beta_end", 0.02))
+    raise InputError(f"unknown schedule kind {kind!r}; expected 'cosine', 'linear' or 'flow'")

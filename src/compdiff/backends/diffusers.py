@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import CLIPPromptEncoder
 from compdiff.compose import Mode, compose
@@ -34,6 +35,7 @@ from compdiff.sampling import Callback, generators, randn, sample_ddim
 from compdiff.schedule import NoiseSchedule
 
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PIPELINE_SCALE = 7.5  # diffusers' default guidance scale for Stable Diffusion
 SDXL_MESSAGE = ("SDXL pipelines (two text encoders, pooled text embeddings and added time ids) are not "
                 "supported by compdiff yet; use a Stable Diffusion 1.x / 2.x pipeline")
 
@@ -58,30 +60,8 @@ class UNetDenoiser:
                         return_dict=False)[0].to(x.dtype)
         if self.prediction_type == "epsilon":
             return out
-        t_cpu = t.detach().cpu()
-        if t_cpu.is_floating_point() and not torch.equal(t_cpu, t_cpu.round()):
-            return self._eps_at_fractional_t(x, out, t_cpu)
-        return self.schedule.eps_from_prediction(x, out, t_cpu.round().long(), self.prediction_type)
-
-    def _eps_at_fractional_t(self, x: Tensor, out: Tensor, t: Tensor) -> Tensor:
-        """Schedulers such as Euler with "linspace" spacing ask for t between integers; they
-        interpolate sigma = sqrt((1 - a)/a) linearly in t, so the same is done here, and the
-        conversion is applied with that alpha = 1/sqrt(1 + sigma²), sigma_vp = sigma·alpha
-        (v: eps = sigma_vp x + alpha v; x0: eps = (x - alpha x0) / sigma_vp, as in the schedule)."""
-        a = self.schedule.alphas_cumprod
-        s_grid = ((1 - a) / a).sqrt()
-        lo = t.double().floor().long().clamp(0, a.numel() - 1)
-        hi = (lo + 1).clamp(max=a.numel() - 1)
-        frac = t.double() - lo.double()
-        s = (1 - frac) * s_grid[lo] + frac * s_grid[hi]
-        shape = (-1, *([1] * (x.ndim - 1)))
-        alpha = (1 / (1 + s**2).sqrt()).reshape(shape).to(x.device, x.dtype)
-        sigma = (s / (1 + s**2).sqrt()).reshape(shape).to(x.device, x.dtype)
-        if self.prediction_type == "v_prediction":
-            return sigma * x + alpha * out
-        if self.prediction_type == "sample":
-            return (x - alpha * out) / sigma
-        raise ValueError(f"unknown prediction type {self.prediction_type!r}")
+        # a fractional t (Euler schedulers with "linspace" spacing) is interpolated by the schedule
+        return self.schedule.eps_from_prediction(x, out, t.detach().cpu().double(), self.prediction_type)
 
 
 def _missing_model_message(path: str) -> str:
@@ -244,6 +224,14 @@ class DiffusersBackend:
                   for i in range(0, z.shape[0], batch_size)]
         return torch.cat(images).clamp(-1, 1)
 
+    # ---- as compdiff.open_model sees it ---------------------------------------------------
+    def opened(self, name: str) -> OpenedModel:
+        return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,
+                           "stable-diffusion", name, PIPELINE_SCALE, info={"timestep_spacing": self._spacing()})
+
+    def _spacing(self) -> str:
+        return self.scheduler.config.get("timestep_spacing", "leading")
+
     # ---- one-call sampling, for the CLI and scripts ----------------------------------------
     def sample_latents(self, expr: Expr | str, *, n: int = 1, steps: int = 30, guidance_scale: float = 7.5,
                        seeds: Sequence[int] | None = None, scheduler: Any = None, eta: float = 0.0,
@@ -270,5 +258,18 @@ class DiffusersBackend:
         """Images (n, 3, H, W) in [-1, 1]: ``decode(sample_latents(expr, **kwargs))``."""
         return self.decode(self.sample_latents(expr, **kwargs))
 
+
+def _detect(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False) -> OpenedModel:
+    """Weights in float16 on a GPU and float32 on the CPU unless ``dtype`` names one."""
+    if dtype == "auto":
+        dtype = "float16" if device.type == "cuda" else "float32"
+    return DiffusersBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device).opened(str(path))
+
+
+register_backend("stable-diffusion", _detect, _open)
 
 __all__ = ["DiffusersBackend", "UNetDenoiser", "CLIPPromptEncoder", "sample_with_scheduler"]

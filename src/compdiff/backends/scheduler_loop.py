@@ -21,6 +21,7 @@ from torch import Tensor
 
 from compdiff.denoiser import EpsFn
 from compdiff.sampling import Callback, Generator, StepInfo
+from compdiff.schedule import NoiseSchedule
 
 
 def eps_scheduler(scheduler: Any) -> Any:
@@ -39,12 +40,6 @@ def _step_kwargs(scheduler: Any, generator: Generator, eta: float) -> dict[str, 
     if "eta" in params:
         kwargs["eta"] = eta
     return kwargs
-
-
-def _x0_fallback(scheduler: Any, x_in: Tensor, eps: Tensor, t: int) -> Tensor:
-    """x_0 = (x_t - sigma_t eps) / alpha_t at the (rounded) timestep, for schedulers that do not report it."""
-    a = scheduler.alphas_cumprod[min(max(t, 0), len(scheduler.alphas_cumprod) - 1)].to(eps.device, torch.float64)
-    return ((x_in.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()).to(eps.dtype)
 
 
 def sample_with_scheduler(eps_fn: EpsFn, x_T: Tensor, scheduler: Any, num_inference_steps: int,
@@ -73,7 +68,7 @@ def sample_with_scheduler(eps_fn: EpsFn, x_T: Tensor, scheduler: Any, num_infere
         if callback is not None:
             t_int = int(round(float(t)))
             x0 = getattr(out, "pred_original_sample", None)
-            if x0 is None:
-                x0 = _x0_fallback(sched, x_in, eps, t_int)
+            if x0 is None:  # x_0 = (x_t − σ_t ε)/α_t at the scheduler's (possibly fractional) time
+                x0 = NoiseSchedule.from_diffusers(sched).x0_from_eps(x_in, eps, t.reshape(1).cpu().double())
             callback(StepInfo(i, len(timesteps), t_int, x, x0))
     return x

@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"compdiff.cli.{name}")
-        except ModuleNotFoundError as e:  # a sub-command not built yet
-            if e.name != f"compdiff.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"compdiff.cli.{name}").add_parser(sub)
     return parser
 
 

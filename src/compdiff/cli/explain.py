@@ -1,7 +1,8 @@
 """``compdiff explain``: show how an expression parses and how it will be weighted.
 
 Pure text work (no model, no torch): parse, print the tree, print the flat
-terms with their effective weights under the two compose rules.
+terms with their effective weights under the two compose rules; with OR, one
+terms table per AND clause, with its mixture probability pi.
 """
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ groups, negated by NOT, repeats merged by adding) and its effective weight.
 Grammar: concepts in double quotes ("a red cube") or as bare words (a red
 cube); operators AND, NOT, OR (upper case) and parentheses; a weight :1.5
 right after a quoted concept or ')', or after bare words with a space before
-the colon (castle :1.2). OR is parsed but cannot be composed yet.
+the colon (castle :1.2).
+
+OR is a mixture: the expression is expanded into AND clauses, and each image
+follows one clause, drawn with probability pi proportional to the clause's
+weight (a weight on an operand of OR, "a":3 OR "b", is its mixture weight:
+pi = 3/4, 1/4). explain prints pi and the terms table of each clause.
 
 The two composition rules (--mode), with guidance scale s:
   sum   the paper's equation (Liu et al. 2022):

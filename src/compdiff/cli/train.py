@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from compdiff.world.tasks import task_names
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "'accelerate launch --num_processes 2 --cpu -m compdiff train ...'. "
         "Ctrl-C saves a checkpoint; --resume continues bit-exactly.",
         epilog="example: compdiff train --task objects --steps 3000 --batch-size 64 --out runs/objects32")
-    p.add_argument("--task", required=True, help="objects | relations | attributes")
+    p.add_argument("--task", required=True, help=" | ".join(task_names()))
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png, model/)")
     p.add_argument("--resolution", type=int, default=32, help="image size (default 32)")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")

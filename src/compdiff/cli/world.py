@@ -2,7 +2,8 @@
 
 Writes OUT (a PNG grid: tiles upscaled nearest-neighbour, the label under
 each) and OUT with suffix .txt (per image: its objects and every concept true
-in it). Labels: objects, every object position; relations, one true relation
+in it). Labels: the task's ``grid_label``, drawn with the tile's own generator
+(seed, index, 1): objects, every object position; relations, one true relation
 (the kind a training example pairs with the image); attributes, the main
 object's four values. Files are written to temporary names and renamed, so a
 failure leaves no partial file.
@@ -10,13 +11,13 @@ failure leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from compdiff.atomic import write_png, write_text
 from compdiff.cli import UsageError
+from compdiff.world.tasks import task_names
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +26,8 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="world_command", metavar="ACTION")
     r = sub.add_parser("render", help="write a labelled grid of rendered scenes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--task", default="objects", help="objects, relations or attributes")
+    r.add_argument("--task", default="objects",
+                   help=f"one of {', '.join(task_names())} (default objects)")
     r.add_argument("--n", type=int, default=16, help="number of scenes (1..1024)")
     r.add_argument("--resolution", type=int, default=32, help="image size (8..512)")
     r.add_argument("--seed", type=int, default=0)
@@ -63,11 +65,7 @@ def run(args: argparse.Namespace) -> int:
     labels, lines = [], []
     for i, sc in enumerate(scenes):
         true = [task.format(c) for c in task.true_concepts(sc)]
-        if task.name == "relations":
-            rng = np.random.default_rng([args.seed, i, 1])
-            labels.append([task.format(task.sample_concept(sc, rng))])
-        else:
-            labels.append(true)
+        labels.append(task.grid_label(sc, np.random.default_rng([args.seed, i, 1])))
         objs = "; ".join(f"{o.size} {o.color} {o.material} {o.shape} at {o.x:.2f},{o.y:.2f}"
                          for o in sc.objects)
         lines.append(f"[{i}] objects: {objs}")
@@ -76,21 +74,7 @@ def run(args: argparse.Namespace) -> int:
     grid = make_grid(images, labels, columns=args.columns, scale=scale)
     header = (f"# compdiff world render --task {task.name} --n {args.n} --resolution "
               f"{args.resolution} --seed {args.seed}\n")
-    _atomic_write(out, lambda f: grid.save(f, format="PNG"), binary=True)
-    _atomic_write(out.with_suffix(".txt"), lambda f: f.write(header + "\n".join(lines) + "\n"))
+    write_png(grid, out)
+    write_text(out.with_suffix(".txt"), header + "\n".join(lines) + "\n")
     print(f"wrote {out} and {out.with_suffix('.txt')}")
     return 0
-
-
-def _atomic_write(path: Path, write, binary: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -7,8 +7,8 @@ expression via ``compose_each``), read by the judge, and scored:
 - accuracy: the fraction of images where every positive concept holds (and the negated
   one does not), by the task's own ``holds`` on the judged scene;
 - per-concept accuracy: the fraction of (image, positive concept) pairs that hold;
-- extra objects (objects task): judged objects farther than the radius from every
-  requested position, per image;
+- the task's own extra metrics (``Task.extra_metrics``), e.g. for objects the judged
+  objects farther than the radius from every requested position, per image;
 - FD-judge: Fréchet distance over judge features between the generated images and the
   real renders of the same sets; ``fd_floor`` is the same distance between those real
   renders and real renders of other sets of the same K (what "as good as real" reads as).
@@ -19,7 +19,6 @@ resumes without recomputing finished cells; table.md and accuracy.png are rewrit
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,11 +32,13 @@ from compdiff.eval.concept_sets import ConceptSet, concept_sets
 from compdiff.eval.frechet import frechet_from_features, judge_features
 from compdiff.eval.judge import Judge
 from compdiff.expr import quote
-from compdiff.sampling import generators, randn, sample_ddim, sample_ddpm
-from compdiff.schedule import NoiseSchedule
+from compdiff.atomic import write_json, write_png
+from compdiff.correctors import Corrector
+from compdiff.sampling import generators, get_sampler, randn, sampler_options
+from compdiff.schedule import Schedule
 from compdiff.world import get_task, render, to_uint8
 from compdiff.world.grid import make_grid
-from compdiff.world.tasks import RADIUS, Task
+from compdiff.world.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class EvalSpec:
     correct: str | None = None  # MCMC corrector ("ula" | "uhmc"), see compdiff.correctors
     corrector_steps: int = 2
     methods: tuple[str, ...] = ("composed",)
+    eta: float = 0.0  # samplers with an eta option (ddim)
+    rescale: float = 0.0  # guidance rescale (compose's option)
+
+    def corrector(self) -> Corrector | None:
+        """The corrector of this evaluation: ``correct`` with ``corrector_steps`` and the default range."""
+        return None if self.correct is None else Corrector(self.correct, steps=self.corrector_steps)
 
 
 @dataclass
@@ -68,7 +75,7 @@ class Method:
     encoder: Any
     mode: str = "sum"
     joint: bool = False  # the whole set is ONE condition (the joint-conditioning baseline)
-    schedule: NoiseSchedule | None = None
+    schedule: Schedule | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def expression(self, task: Task, s: ConceptSet) -> str:
@@ -85,19 +92,19 @@ def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec,
     one compose_each call; set i gets the noise of seed spec.seed·100000 + i for every method."""
     schedule = method.schedule
     ts = schedule.timesteps(spec.steps, spec.spacing)
+    sampler = get_sampler(spec.sampler)
+    options = {"eta": spec.eta} if "eta" in sampler_options(spec.sampler) else {}
+    corrector = spec.corrector()
     out = []
     for start in range(0, len(sets), spec.batch_size):
         chunk = sets[start:start + spec.batch_size]
         eps_fn = compose_each(method.denoiser, method.encoder, [method.expression(task, s) for s in chunk],
-                              guidance_scale=spec.guidance_scale, mode=method.mode, negation=spec.negation)
+                              guidance_scale=spec.guidance_scale, mode=method.mode, rescale=spec.rescale,
+                              negation=spec.negation)
         gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
         x_T = randn((len(chunk), *shape), gens)
-        kw = dict(generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0, correct=spec.correct,
-                  corrector_steps=spec.corrector_steps)
-        if spec.sampler == "ddim":
-            x = sample_ddim(eps_fn, x_T, schedule, ts, **kw)
-        else:
-            x = sample_ddpm(eps_fn, x_T, schedule, ts, **kw)
+        x = sampler(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0,
+                    corrector=corrector, **options)
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 
@@ -108,25 +115,16 @@ def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tenso
     per = [task.holds(c, j) for s, j in zip(sets, judged) for c in s.positives]
     res: dict[str, Any] = {"accuracy": float(np.mean(ok)), "concept_accuracy": float(np.mean(per)),
                            "success": [bool(v) for v in ok]}
-    if task.name == "objects":
-        extra = [sum(1 for o in j.objects if all((o.x - c.x) ** 2 + (o.y - c.y) ** 2 > RADIUS**2
-                                                  for c in s.positives)) for s, j in zip(sets, judged)]
-        res["extra_objects"] = float(np.mean(extra))
+    res.update(task.extra_metrics(sets, judged))
     if any(s.negative is not None for s in sets):
         res["negated_absent"] = float(np.mean([not task.holds(s.negative, j) for s, j in zip(sets, judged)]))
     return res
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str | Path,
              resolution: int, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation into ``out``; returns the results dict."""
-    from tqdm.auto import tqdm
+    from compdiff.cli.progress import progress_bar
 
     task = get_task(spec.task)
     out = Path(out)
@@ -137,8 +135,9 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
     if path.is_file():  # resume: same settings; methods and K values may be added
         old = json.loads(path.read_text())
         same = ("methods", "components")
-        if {k: v for k, v in old.get("spec", {}).items() if k not in same} != \
-                {k: v for k, v in spec_d.items() if k not in same}:
+        # a setting added after the report was written counts as its default (older reports resume)
+        old_spec = {**json.loads(json.dumps(asdict(EvalSpec(task=spec.task)))), **old.get("spec", {})}
+        if {k: v for k, v in old_spec.items() if k not in same} != {k: v for k, v in spec_d.items() if k not in same}:
             raise InputError(f"{path} holds an evaluation with other settings; use another --out or --overwrite")
         results = old
         results["spec"].update(methods=sorted(set(old["spec"]["methods"]) | set(spec.methods)),
@@ -146,7 +145,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
     results["methods"].update({name: {"mode": m.mode, "joint": m.joint, **m.info} for name, m in methods.items()})
     todo = [(k, name) for k in spec.components for name in methods if f"{name}/K{k}" not in results["cells"]]
     steps = spec.steps * -(-spec.n // spec.batch_size)
-    bar = tqdm(total=len(todo) * steps, desc=f"eval {spec.task}", unit="step", disable=not progress)
+    bar = progress_bar(len(todo) * steps, f"eval {spec.task}", "step", disable=not progress)
     shape = (3, resolution, resolution)
     for k in spec.components:
         names = [name for kk, name in todo if kk == k]
@@ -167,7 +166,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
                         fd_floor=fd_floor, real_accuracy=real_acc)
             _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16])
             results["cells"][f"{name}/K{k}"] = cell
-            _write_json(path, results)
+            write_json(path, results)
             write_reports(results, out)
     bar.close()
     write_reports(results, out)
@@ -177,9 +176,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
 def _save_grid(path: Path, task: Task, sets: list[ConceptSet], images: torch.Tensor, ok: list[bool]) -> None:
     labels = [["OK" if g else "miss"] + [task.format(c) for c in s.positives]
               + ([f"NOT {task.format(s.negative)}"] if s.negative is not None else []) for s, g in zip(sets, ok)]
-    tmp = path.with_suffix(".tmp.png")
-    make_grid(to_uint8(images), labels, columns=8, scale=4).save(tmp)
-    os.replace(tmp, path)
+    write_png(make_grid(to_uint8(images), labels, columns=8, scale=4), path)
 
 
 def write_reports(results: dict[str, Any], out: Path) -> None:
@@ -195,9 +192,9 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
     for name in names:
         row = [f"{cells[f'{name}/K{k}']['accuracy'] * 100:.1f}%" if f"{name}/K{k}" in cells else "" for k in ks]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    extra = any("extra_objects" in c for c in cells.values())
     lines += ["", "| method | K | accuracy | per-concept | FD-judge | FD floor (real vs real) | judge on real renders |"
-              + (" extra objects |" if spec["task"] == "objects" else ""),
-              "|---|---|---|---|---|---|---|" + ("---|" if spec["task"] == "objects" else "")]
+              + (" extra objects |" if extra else ""), "|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for name in names:
         for k in ks:
             c = cells.get(f"{name}/K{k}")

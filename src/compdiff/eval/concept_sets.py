@@ -3,8 +3,10 @@
 As the paper's test label sets, every set is read off a rendered ground-truth scene, so it
 is jointly satisfiable by construction; that scene's render is the "real" image of the
 set (for FD-judge). With ``negate``, one more concept is added under NOT: a concept that
-is true in some other scene of the world but false in this one (for attributes, of a
-kind that no positive concept names, as in ``red AND cube AND NOT metal``).
+is true in some other scene of the world but false in this one, and that the task lets
+join the positives (``Task.negation_compatible``: for attributes, of a kind that no
+positive concept names, as in ``red AND cube AND NOT metal``). K runs up to the task's
+``max_k``; scenes hold at least ``task.min_objects_for(k)`` objects.
 
 Set i of size K depends only on (seed, K, i).
 """
@@ -17,9 +19,7 @@ import numpy as np
 
 from compdiff.expr import quote
 from compdiff.world.scene import Scene, scene_at
-from compdiff.world.tasks import Attribute, Task
-
-MAX_K = {"objects": 5, "relations": 8, "attributes": 3}
+from compdiff.world.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,10 @@ def _positives(task: Task, scene: Scene, k: int, rng: np.random.Generator) -> tu
 
 
 def _negative(task: Task, scene: Scene, positives: tuple, rng: np.random.Generator, seed: int) -> Any | None:
-    kinds = {c.kind for c in positives} if task.name == "attributes" else set()
     for _ in range(100):
         other = scene_at(seed + 1, int(rng.integers(0, 2**31)), task.min_objects, task.max_objects, task.layout)
         cand = task.sample_concept(other, rng)
-        if isinstance(cand, Attribute) and cand.kind in kinds:
+        if not task.negation_compatible(cand, positives):
             continue
         if not task.holds(cand, scene) and cand not in positives:
             return cand
@@ -59,15 +58,13 @@ def _negative(task: Task, scene: Scene, positives: tuple, rng: np.random.Generat
 
 def concept_sets(task: Task, k: int, n: int, seed: int = 7, negate: bool = False) -> list[ConceptSet]:
     """n sets of k positive concepts (plus one negated with ``negate``), each true in a real scene."""
-    limit = MAX_K.get(task.name, 8)
-    if not 1 <= k <= limit:
-        raise ValueError(f"{task.name}: K must be in 1..{limit}, got {k}")
+    if not 1 <= k <= task.max_k:
+        raise ValueError(f"{task.name}: K must be in 1..{task.max_k}, got {k}")
     base = seed * 1_000_003 + k * 10_007 + (500_000 if negate else 0)
     sets, i = [], 0
     while len(sets) < n:
         rng = np.random.default_rng([base, i])
-        lo = max(task.min_objects, min(k, task.max_objects)) if task.name == "objects" else task.min_objects
-        scene = scene_at(base, i, lo, task.max_objects, task.layout)
+        scene = scene_at(base, i, task.min_objects_for(k), task.max_objects, task.layout)
         i += 1
         pos = _positives(task, scene, k, rng)
         if pos is None:

@@ -10,8 +10,8 @@ truth:
 - attributes: accuracy of shape, color, size, material on matched objects;
 - scenes read exactly: every object found, none extra, all attributes right;
 - concept agreement: for each scene, true concepts (`task.sample_concept`) and
-  false ones (a true one perturbed until it is false on the true scene, see
-  `false_concept`), the fraction where `holds(c, judged) == holds(c, true)`.
+  false ones (a true one perturbed until it is false on the true scene,
+  `task.false_concept`), the fraction where `holds(c, judged) == holds(c, true)`.
 
 Seeds: use seeds >= 900_000_000 here; bench/train_judge.py trains on
 1_000_000 .. 1_600_000.
@@ -19,19 +19,18 @@ Seeds: use seeds >= 900_000_000 here; bench/train_judge.py trains on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from compdiff.eval.judge import Judge
 from compdiff.world.render import render
-from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
-from compdiff.world.tasks import RADIUS, Attribute, Desc, Position, Relation, get_task
+from compdiff.world.scene import Scene
+from compdiff.world.tasks import RADIUS, Task, get_task
 
 ATTRS = ("shape", "color", "size", "material")
-_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}
-_FLIP = {"left of": "right of", "right of": "left of", "in front of": "behind", "behind": "in front of"}
 
 
 @dataclass
@@ -94,45 +93,10 @@ def match_objects(true: Scene, judged: Scene, radius: float = RADIUS) -> list[tu
     return out
 
 
-def false_concept(task, concept, scene: Scene, rng: np.random.Generator, tries: int = 50):
-    """Perturb a true `concept` into one that is false on `scene` (None if none found).
-
-    objects: move the position 1.25-3 radii in a random direction (a near miss);
-    relations: flip the relation or change one named attribute of either side;
-    attributes: another value of the same kind.
-    """
-    for _ in range(tries):
-        if isinstance(concept, Position):
-            angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(1.25, 3.0) * RADIUS
-            cand = Position(
-                float(np.clip(concept.x + dist * np.cos(angle), 0, 1)),
-                float(np.clip(concept.y + dist * np.sin(angle), 0, 1)),
-            )
-        elif isinstance(concept, Relation):
-            cand = _perturb_relation(concept, rng)
-        elif isinstance(concept, Attribute):
-            vocab = _VOCAB[concept.kind]
-            cand = Attribute(vocab[(vocab.index(concept.word) + rng.integers(1, len(vocab))) % len(vocab)])
-        else:
-            raise TypeError(f"no perturbation for {type(concept).__name__}")
-        if not task.holds(cand, scene):
-            return cand
-    return None
-
-
-def _perturb_relation(c: Relation, rng: np.random.Generator) -> Relation:
-    if rng.random() < 0.3:
-        return replace(c, rel=_FLIP[c.rel])
-    side = "first" if rng.random() < 0.5 else "second"
-    desc: Desc = getattr(c, side)
-    name = [f.name for f in fields(Desc)][rng.integers(4)]
-    vocab = _VOCAB[name]
-    current = getattr(desc, name)
-    if current is None:
-        value = vocab[rng.integers(len(vocab))]
-    else:
-        value = vocab[(vocab.index(current) + rng.integers(1, len(vocab))) % len(vocab)]
-    return replace(c, **{side: replace(desc, **{name: value})})
+def false_concept(task: Task, concept: Any, scene: Scene, rng: np.random.Generator) -> Any | None:
+    """A concept like the true `concept` but false on `scene` (None if none found): the
+    task's own perturbation, `task.false_concept` (e.g. objects: a near-miss position)."""
+    return task.false_concept(concept, scene, rng)
 
 
 @torch.no_grad()

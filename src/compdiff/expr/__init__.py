@@ -69,9 +69,11 @@ term inside it), and repeated concepts are merged by adding their weights (an
 exactly rounded sum, ``math.fsum``), in order of first appearance. ``"a" AND "b" AND NOT "a":0.5`` gives
 ``[Term("a", 0.5), Term("b", 1.0)]``; a merged weight of 0 stays a term with
 weight 0.0 (compose decides what to do with it). ``expr.leaves()`` gives the
-same signed weights before merging. OR is parsed into the tree but cannot be
-flattened to one list of terms: ``terms()`` raises ``InputError`` when ``has_or()``;
-``clauses()`` gives its disjunctive normal form instead.
+same signed weights before merging. An expression with OR is a mixture of AND
+clauses, not one list of terms: ``terms()`` and ``leaves()`` raise ``InputError``
+when ``has_or()``; ``clauses()`` gives its disjunctive normal form instead, and
+``compose()`` samples it (each sample follows one clause, drawn with
+probability pi).
 
 OR and clauses
 --------------

@@ -262,9 +262,11 @@ class _Parser:
         if self.count > self.max_concepts:
             raise self.error(
                 tok, "too many concepts",
-                f"at most {self.max_concepts} are allowed (max_concepts="
-                f"{self.max_concepts}); raise it with parse(..., max_concepts=N) "
-                "or --max-concepts N on the command line",
+                f"at most {self.max_concepts} concepts are allowed (max_concepts="
+                f"{self.max_concepts}); to allow more, call parse(text, max_concepts=N) "
+                "in Python (compose() and compose_each() accept the parsed expression) "
+                "or pass --max-concepts N to 'compdiff explain'; 'compdiff sample' "
+                f"has no such option and always allows {DEFAULT_MAX_CONCEPTS}",
             )
         return Concept(text)
 

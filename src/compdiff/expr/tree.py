@@ -121,9 +121,10 @@ class Expr:
     def _check_no_or(self) -> None:
         if self.has_or():
             raise InputError(
-                "OR is not supported yet by terms() and leaves(): an expression "
-                "with OR is a mixture of AND clauses, not one list of terms; use "
-                "expr.clauses() (compose() samples it)"
+                "terms() and leaves() need an expression without OR: an expression "
+                "with OR is a mixture of AND clauses (each sample follows one clause, "
+                "drawn with probability pi), not one list of terms; use "
+                "expr.clauses() for the clauses and their pi (compose() samples it)"
             )
 
 

@@ -20,7 +20,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from compdiff.errors import InputError
-from compdiff.models import condition_spec, make_schedule, save_model
+from compdiff.models import save_model
+from compdiff.schedule import make_schedule
+from compdiff.training.loss import DiffusionLoss
 from compdiff.nn import ConditionalUNet, ModelConfig
 from compdiff.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from compdiff.world import WorldDataset, get_task
@@ -67,10 +69,10 @@ class TrainConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
                            channels=tuple(self.channels), layers_per_block=self.layers_per_block,
                            attention=self.attention, joint=self.joint,
-                           cross_attention=self.cross_attention, **condition_spec(self.task))
+                           cross_attention=self.cross_attention, **get_task(self.task).condition_spec())
 
     def validate(self) -> None:
-        if self.cross_attention and condition_spec(self.task)["cond_kind"] != "tokens":
+        if self.cross_attention and get_task(self.task).condition_spec()["cond_kind"] != "tokens":
             raise InputError(f"--cross-attention needs a token task (relations, attributes), not {self.task}")
         check_max_objects(get_task(self.task), self.max_objects)
         levels = len(self.channels) - 1
@@ -175,8 +177,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     if ckpt is not None:  # after prepare: torch puts the state beside the (moved) parameters
         opt.load_state_dict(state["optimizer"])
     ema.to(acc.device)
-    schedule = make_schedule(cfg.schedule)
-    a = schedule.alphas_cumprod.float().to(acc.device)
+    loss_fn = DiffusionLoss(make_schedule(cfg.schedule))
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
                         length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint,
@@ -190,7 +191,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     batches = _batch_loader(data, cfg, start, rank, world)
     try:
         for step in range(start, cfg.steps):
-            loss = _train_step(cfg, net, opt, acc, next(batches), a, step, rank)
+            loss = _train_step(cfg, net, opt, acc, next(batches), loss_fn, step, rank)
             _ema_update(ema, acc.unwrap_model(net), min(cfg.ema_decay, (1 + step) / (10 + step)))
             seen += cfg.batch_size * world
             done = step + 1
@@ -260,23 +261,19 @@ def _batch_loader(data: WorldDataset, cfg: TrainConfig, start: int, rank: int, w
                                             prefetch_factor=4, worker_init_fn=_ignore_stop_signals))
 
 
-def _train_step(cfg, net, opt, acc, batch, a, step: int, rank: int) -> float:
+def _train_step(cfg, net, opt, acc, batch, loss_fn: DiffusionLoss, step: int, rank: int) -> float:
     B = cfg.batch_size
     images, cond, _ = batch
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
-    t = torch.randint(0, a.numel(), (B,), generator=g)
+    t = torch.randint(0, loss_fn.schedule.T, (B,), generator=g)
     noise = torch.randn(images.shape, generator=g)
     if cfg.joint:  # the dataset's joint mode has no null dropout: drop whole sets here (for guidance)
         drop = torch.rand(B, generator=g) < cfg.null_prob
         cond = torch.where(drop.view(-1, 1, 1), torch.zeros_like(cond), cond)
     images, cond, t, noise = (v.to(acc.device) for v in (images, cond, t, noise))
-    at = a[t].view(-1, 1, 1, 1)
-    x_t = at.sqrt() * images + (1 - at).sqrt() * noise  # q(x_t | x_0)
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, step)
-    with acc.autocast():
-        pred = net(x_t, t, cond)
-    loss = torch.nn.functional.mse_loss(pred.float(), noise)
+    loss = loss_fn(net, images, t, cond, noise, acc.autocast)
     opt.zero_grad(set_to_none=True)
     acc.backward(loss)
     acc.clip_grad_norm_(net.parameters(), 1.0)

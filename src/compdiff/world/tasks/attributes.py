@@ -5,11 +5,14 @@ is one attribute value, text one word from ``VOCAB = SHAPES + COLORS + SIZES
 + MATERIALS`` (case-insensitive; surrounding spaces ignored). Tensor: int64
 ``(K, 1)``, the 1-based index into ``VOCAB``; the null row is 0.
 ``holds(word, scene)``: the main object (``scene.objects[0]``) has that value.
-This is where ``red AND cube AND NOT metal`` is asked of one object.
+This is where ``red AND cube AND NOT metal`` is asked of one object; a
+negated word joins a set only if no positive word is of its kind (NOT blue
+beside red would be trivially true).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -17,8 +20,8 @@ from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
 from compdiff.world.tasks.base import Task, parse_error
 
 VOCAB = SHAPES + COLORS + SIZES + MATERIALS
-KIND = {**{w: "shape" for w in SHAPES}, **{w: "color" for w in COLORS},
-        **{w: "size" for w in SIZES}, **{w: "material" for w in MATERIALS}}
+_KIND_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}
+KIND = {w: kind for kind, words in _KIND_VOCAB.items() for w in words}
 _ACCEPTED = ("one word: shape " + ", ".join(SHAPES) + "; color " + ", ".join(COLORS)
              + "; size " + ", ".join(SIZES) + "; material " + ", ".join(MATERIALS))
 
@@ -36,6 +39,8 @@ class Attribute:
 
 class AttributesTask(Task[Attribute]):
     name = "attributes"
+    help = "one word (shape, color, size or material) of the one centered object, e.g. 'red'"
+    max_k = 3
     layout = "centered"
     min_objects, max_objects = 1, 1
     row_dim = 1
@@ -65,6 +70,20 @@ class AttributesTask(Task[Attribute]):
 
     def max_true(self, max_objects: int | None = None) -> int:
         return 4
+
+    def false_concept(self, concept: Attribute, scene: Scene,
+                      rng: np.random.Generator) -> Attribute | None:
+        """Another value of the same kind (another color for a color)."""
+        vocab = _KIND_VOCAB[concept.kind]
+        start = vocab.index(concept.word)
+        return self.first_false(
+            lambda: Attribute(vocab[(start + rng.integers(1, len(vocab))) % len(vocab)]), scene)
+
+    def negation_compatible(self, candidate: Attribute, positives: Sequence[Attribute]) -> bool:
+        return candidate.kind not in {c.kind for c in positives}
+
+    def condition_spec(self) -> dict[str, Any]:
+        return {"cond_kind": "tokens", "vocab_sizes": (len(VOCAB) + 1,)}
 
     def concept_row(self, concept: Attribute) -> list[int]:
         return [VOCAB.index(concept.word) + 1]

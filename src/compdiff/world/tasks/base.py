@@ -1,15 +1,19 @@
-"""What every task provides, and the shared ParseError helper.
+"""What every task provides (the abstract ``Task``), and the shared ParseError helper.
 
 A task is a concept language over scenes: a concept type with a text form
 (``parse``/``format``) and a tensor form (``to_tensor``/``from_tensor``, a
 fixed row shape ``(D,)`` and dtype, the null row for "no condition"), the
 ground-truth predicate ``holds(concept, scene)``, and the labels used for
 training (``sample_concept``: one true concept) and evaluation
-(``true_concepts``: the full set).
+(``true_concepts``: the full set). Everything the model, the evaluation and
+the CLI ask of a task is declared here, so a new task is one subclass plus
+``register_task`` (see __init__.py); a subclass that leaves out a required
+hook fails when it is instantiated, not deep inside a run.
 """
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, Sequence, TypeVar
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -18,7 +22,13 @@ from torch import Tensor
 from compdiff.errors import ParseError
 from compdiff.world.scene import Scene, scene_at
 
+if TYPE_CHECKING:
+    from compdiff.eval.concept_sets import ConceptSet
+
 C = TypeVar("C")
+
+#: perturbations ``false_concept`` tries before giving up
+FALSE_TRIES = 50
 
 
 def parse_error(text: str, start: int, what: str, accepted: str) -> ParseError:
@@ -28,45 +38,111 @@ def parse_error(text: str, start: int, what: str, accepted: str) -> ParseError:
                       f"accepted: {accepted}")
 
 
-class Task(Generic[C]):
-    """Base class of the three tasks (see objects.py, relations.py, attributes.py)."""
+class Task(ABC, Generic[C]):
+    """A concept language over scenes (see objects.py, relations.py, attributes.py).
 
-    name: str = ""
+    Required hooks are abstract; ``name``, ``help`` and ``max_k`` may be plain
+    class attributes in a subclass. The scene stream is set by ``layout``,
+    ``min_objects`` and ``max_objects``; condition rows by ``row_dim``, ``dtype``.
+    """
+
     layout: Literal["free", "centered"] = "free"
     min_objects: int = 1
     max_objects: int = 5
     row_dim: int = 1
     dtype: torch.dtype = torch.int64
 
-    # --- text ---------------------------------------------------------------
-    def parse(self, text: str) -> C:
-        raise NotImplementedError
+    # --- identity -----------------------------------------------------------
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The registry key, used by ``--task`` and stored in model configs."""
 
+    @property
+    @abstractmethod
+    def help(self) -> str:
+        """One line for CLI help: the concept language with an example."""
+
+    @property
+    @abstractmethod
+    def max_k(self) -> int:
+        """The largest concept-set size the evaluation draws: K sets must exist in
+        real scenes, or drawing them would never end."""
+
+    # --- text ---------------------------------------------------------------
+    @abstractmethod
+    def parse(self, text: str) -> C:
+        """Text -> concept; bad text raises ParseError (see ``parse_error``)."""
+
+    @abstractmethod
     def format(self, concept: C) -> str:
-        raise NotImplementedError
+        """Concept -> the canonical text that ``parse`` reads back."""
 
     # --- truth --------------------------------------------------------------
+    @abstractmethod
     def holds(self, concept: C, scene: Scene) -> bool:
-        raise NotImplementedError
+        """The ground truth: is ``concept`` true in ``scene`` (also a judged one)?"""
 
+    @abstractmethod
     def true_concepts(self, scene: Scene) -> list[C]:
         """Every concept of the joint label set true in ``scene`` (canonical order)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample_concept(self, scene: Scene, rng: np.random.Generator) -> C:
         """One true concept of ``scene``: the training label."""
-        raise NotImplementedError
 
+    @abstractmethod
     def max_true(self, max_objects: int | None = None) -> int:
-        """An upper bound on ``len(true_concepts(scene))``."""
-        raise NotImplementedError
+        """An upper bound on ``len(true_concepts(scene))``: the joint baseline's set size."""
+
+    @abstractmethod
+    def false_concept(self, concept: C, scene: Scene, rng: np.random.Generator) -> C | None:
+        """A concept of the same kind near ``concept`` but false on ``scene`` (None if
+        none is found): the judge-accuracy check's negatives. Implement it with
+        ``first_false`` so every task retries the same number of times."""
+
+    def first_false(self, perturb: Callable[[], C], scene: Scene) -> C | None:
+        """The first of ``FALSE_TRIES`` calls of ``perturb()`` that is false on ``scene``."""
+        for _ in range(FALSE_TRIES):
+            cand = perturb()
+            if not self.holds(cand, scene):
+                return cand
+        return None
+
+    # --- evaluation -----------------------------------------------------------
+    def min_objects_for(self, k: int) -> int:
+        """The fewest objects a scene needs to be drawn for a K-concept set; more
+        than ``min_objects`` where each concept needs an object of its own."""
+        return self.min_objects
+
+    def negation_compatible(self, candidate: C, positives: Sequence[C]) -> bool:
+        """May ``candidate`` join ``positives`` under NOT? False where the pair would
+        be trivial (e.g. NOT blue next to red on one object)."""
+        return True
+
+    def extra_metrics(self, sets: Sequence[ConceptSet], judged: Sequence[Scene]) -> dict[str, float]:
+        """Task-specific scores of the judged images of ``sets`` (one scene per set),
+        reported beside the accuracy."""
+        return {}
+
+    def grid_label(self, scene: Scene, rng: np.random.Generator) -> list[str]:
+        """The text under a tile of ``compdiff world render``: every true concept."""
+        return [self.format(c) for c in self.true_concepts(scene)]
 
     # --- tensors ------------------------------------------------------------
-    def concept_row(self, concept: C) -> list[Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def condition_spec(self) -> dict[str, Any]:
+        """ModelConfig fields of the condition: ``cond_kind`` ("position" or "tokens"),
+        ``vocab_sizes`` (a token table size per row slot) and, optionally,
+        ``token_groups`` (the slots summed into each cross-attention token)."""
 
+    @abstractmethod
+    def concept_row(self, concept: C) -> list[Any]:
+        """Concept -> one condition row of ``row_dim`` values, never all zero."""
+
+    @abstractmethod
     def row_concept(self, row: Sequence[Any]) -> C:
-        raise NotImplementedError
+        """The inverse of ``concept_row``; an out-of-range row raises ValueError."""
 
     def null_row(self) -> Tensor:
         """(1, D) the unconditional row (all zeros)."""

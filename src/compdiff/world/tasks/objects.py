@@ -10,18 +10,27 @@ Tensor: float32 rows ``[x, y, 1.0]``; the null row is ``[0, 0, 0]``.
 scene.py), more than twice the radius, so a position never matches two
 distinct objects, and the 2-decimal print (error <= 0.005) keeps a true
 position true.
+
+Evaluation: K positions need K objects, so a K-set is drawn from scenes of at
+least K objects (``min_objects_for``); ``extra_metrics`` counts judged objects
+that no requested position accounts for. The model reads the position
+directly (``cond_kind`` "position"), not through token tables.
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from compdiff.world.scene import Scene
 from compdiff.world.tasks.base import Task, parse_error
+
+if TYPE_CHECKING:
+    from compdiff.eval.concept_sets import ConceptSet
 
 RADIUS = 0.08
 
@@ -42,6 +51,8 @@ class Position:
 
 class ObjectsTask(Task[Position]):
     name = "objects"
+    help = "a position x,y in [0, 1] where an object's center lies, e.g. '0.30,0.62'"
+    max_k = 5
     layout = "free"
     min_objects, max_objects = 1, 5
     row_dim = 3
@@ -80,6 +91,30 @@ class ObjectsTask(Task[Position]):
 
     def max_true(self, max_objects: int | None = None) -> int:
         return max_objects or self.max_objects
+
+    def false_concept(self, concept: Position, scene: Scene,
+                      rng: np.random.Generator) -> Position | None:
+        """A near miss: the position moved 1.25-3 radii in a random direction."""
+        def perturb() -> Position:
+            angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(1.25, 3.0) * RADIUS
+            return Position(float(np.clip(concept.x + dist * np.cos(angle), 0, 1)),
+                            float(np.clip(concept.y + dist * np.sin(angle), 0, 1)))
+        return self.first_false(perturb, scene)
+
+    def min_objects_for(self, k: int) -> int:
+        return max(self.min_objects, min(k, self.max_objects))
+
+    def extra_metrics(self, sets: Sequence[ConceptSet],
+                      judged: Sequence[Scene]) -> dict[str, float]:
+        """``extra_objects``: per image, the judged objects farther than the radius
+        from every requested position (what a composition adds uninvited)."""
+        extra = [sum(1 for o in j.objects if all((o.x - c.x) ** 2 + (o.y - c.y) ** 2 > RADIUS**2
+                                                 for c in s.positives))
+                 for s, j in zip(sets, judged)]
+        return {"extra_objects": float(np.mean(extra))}
+
+    def condition_spec(self) -> dict[str, Any]:
+        return {"cond_kind": "position", "vocab_sizes": ()}
 
     def concept_row(self, concept: Position) -> list[float]:
         return [concept.x, concept.y, 1.0]

@@ -17,11 +17,16 @@ matching the first description and b the second, and, with ``MARGIN = 0.05``:
 left of: a.x < b.x - MARGIN; right of: a.x > b.x + MARGIN;
 in front of (nearer the camera): a.y > b.y + MARGIN; behind: a.y < b.y - MARGIN.
 Near-ties (|dx| or |dy| <= MARGIN) count for neither side.
+
+A ``world render`` tile is labelled with one sampled relation (the kind of
+label a training image gets), not the up to 40 true ones. The model reads a
+row as three cross-attention tokens: first object, relation, second object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import permutations
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +38,9 @@ MARGIN = 0.05
 #: probability that the training label omits each attribute word
 OMIT_PROB = 0.3
 ANY_NOUN = "thing"
+#: what ``false_concept`` turns each relation into when it flips one
+_FLIP = {"left of": "right of", "right of": "left of", "in front of": "behind",
+        "behind": "in front of"}
 
 _KIND_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}
 _WORD_KIND = {w: k for k, vocab in _KIND_VOCAB.items() for w in vocab}
@@ -101,6 +109,9 @@ def _tokens(text: str) -> list[tuple[str, int]]:
 
 class RelationsTask(Task[Relation]):
     name = "relations"
+    help = ("'[size] [color] [material] [shape] RELATION [size] [color] [material] [shape]', "
+            "e.g. 'a red cube left of a blue sphere'")
+    max_k = 8
     layout = "free"
     min_objects, max_objects = 2, 5
     row_dim = 9
@@ -184,7 +195,22 @@ class RelationsTask(Task[Relation]):
         n = max_objects or self.max_objects
         return n * (n - 1) * 2  # per ordered pair: one horizontal, one vertical
 
+    def false_concept(self, concept: Relation, scene: Scene,
+                      rng: np.random.Generator) -> Relation | None:
+        """Flip the relation (prob. 0.3) or change one attribute of either side."""
+        return self.first_false(lambda: _perturb(concept, rng), scene)
+
+    # --- evaluation -----------------------------------------------------------
+    def grid_label(self, scene: Scene, rng: np.random.Generator) -> list[str]:
+        """One sampled training label: all true relations would not fit under a tile."""
+        return [self.format(self.sample_concept(scene, rng))]
+
     # --- tensors ------------------------------------------------------------
+    def condition_spec(self) -> dict[str, Any]:
+        desc = tuple(len(vocab) + 1 for _, vocab in _ROW_ORDER)
+        return {"cond_kind": "tokens", "vocab_sizes": desc + (len(RELATIONS) + 1,) + desc,
+                "token_groups": ((0, 1, 2, 3), (4,), (5, 6, 7, 8))}
+
     def concept_row(self, concept: Relation) -> list[int]:
         return (_desc_row(concept.first) + [RELATIONS.index(concept.rel) + 1]
                 + _desc_row(concept.second))
@@ -211,6 +237,22 @@ def _row_desc(vals: list[int]) -> Desc:
             raise ValueError(f"{k} index {v} not in 0..{len(vocab)}")
         out[k] = None if v == 0 else vocab[v - 1]
     return Desc(**out)
+
+
+def _perturb(c: Relation, rng: np.random.Generator) -> Relation:
+    """``c`` with the relation flipped or one attribute of one side set to another value."""
+    if rng.random() < 0.3:
+        return replace(c, rel=_FLIP[c.rel])
+    side = "first" if rng.random() < 0.5 else "second"
+    desc: Desc = getattr(c, side)
+    name = [f.name for f in fields(Desc)][rng.integers(4)]
+    vocab = _KIND_VOCAB[name]
+    current = getattr(desc, name)
+    if current is None:
+        value = vocab[rng.integers(len(vocab))]
+    else:
+        value = vocab[(vocab.index(current) + rng.integers(1, len(vocab))) % len(vocab)]
+    return replace(c, **{side: replace(desc, **{name: value})})
 
 
 def _fmt_desc(d: Desc) -> str:
