@@ -6,7 +6,11 @@ Knows nothing of models. Main names::
     render(scenes, resolution) -> (N, 3, R, R) in [-1, 1]
     get_task("objects" | "relations" | "attributes") -> Task
     WorldDataset(task, resolution, seed, null_prob=0.1, length=..., joint=False)
+    WorldDataset.device_batch(generator, batch_size, device) -> Sample on device
+    sample_scene_batch, label_batch, render_batch, scenes_from_tensors  (torch path)
 """
+from compdiff.world.batch import (SceneBatch, label_batch, render_batch, sample_scene_batch,
+                                  scenes_from_tensors)
 from compdiff.world.dataset import JointSample, Sample, WorldDataset
 from compdiff.world.render import render, to_uint8
 from compdiff.world.scene import (COLORS, EXTENT, MATERIALS, SHAPES, SIZES, ZOOM, Obj,
@@ -15,4 +19,5 @@ from compdiff.world.tasks import TASKS, Task, TaskEncoder, get_task
 
 __all__ = ["Obj", "Scene", "SHAPES", "COLORS", "SIZES", "MATERIALS", "EXTENT", "ZOOM",
            "sample_scenes", "scene_at", "render", "to_uint8", "get_task", "Task",
-           "TaskEncoder", "TASKS", "WorldDataset", "Sample", "JointSample"]
+           "TaskEncoder", "TASKS", "WorldDataset", "Sample", "JointSample", "SceneBatch",
+           "sample_scene_batch", "label_batch", "render_batch", "scenes_from_tensors"]

@@ -22,6 +22,14 @@ Return types (NamedTuples, so they unpack like tuples):
 
 ``max_objects`` (default: the task's own) caps the objects per scene, e.g. to
 train on scenes of at most 2 objects and test composition beyond them.
+
+On the training device (opt-in): ``device_batch(generator, B, device)`` draws a
+whole ``Sample`` batch with the torch path of world/batch.py (scenes, labels,
+null dropout and renders as tensors on ``device``): the same distributions as
+``batch``, respecting ``max_objects``, but a function of the generator, not of
+indices. ``step_generator(step, rank, device)`` makes that generator from
+``(seed, step, rank)``, so a resumed run draws the same batches. Built-in tasks,
+``joint=False`` only.
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from compdiff.errors import InputError
+from compdiff.world.batch import label_batch, make_generator, render_batch, sample_scene_batch
+from compdiff.world.holdout import MAX_ATTEMPTS, HoldOut
 from compdiff.world.render import render
 from compdiff.world.scene import Scene, scene_at
 from compdiff.world.tasks import Task, get_task
@@ -64,9 +74,16 @@ def check_max_objects(task: Task, max_objects: int | None) -> int:
 class WorldDataset(Dataset):
     def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
                  length: int = 100_000, joint: bool = False,
-                 max_concepts: int | None = None, max_objects: int | None = None) -> None:
+                 max_concepts: int | None = None, max_objects: int | None = None,
+                 hold_out: HoldOut | None = None) -> None:
         self.task = get_task(task)
+        if hold_out is not None and hold_out.task != self.task.name:
+            raise InputError(f"the held-out split {hold_out.name!r} belongs to task {hold_out.task}, "
+                             f"not {self.task.name}")
+        if hold_out is not None and hold_out.max_objects is not None:
+            max_objects = min(hold_out.max_objects, max_objects or hold_out.max_objects)
         self.max_objects = check_max_objects(self.task, max_objects)
+        self.hold_out = hold_out
         if not 0.0 <= null_prob <= 1.0:
             raise ValueError(f"null_prob must be in [0, 1], got {null_prob}")
         if length < 1 or seed < 0:
@@ -82,9 +99,17 @@ class WorldDataset(Dataset):
         return self._scene(self._check(index))
 
     def _scene(self, index: int) -> Scene:
-        if self.max_objects == self.task.max_objects:
-            return self.task.scene(self.seed, index)
-        return scene_at(self.seed, index, self.task.min_objects, self.max_objects, self.task.layout)
+        if self.hold_out is None:
+            if self.max_objects == self.task.max_objects:
+                return self.task.scene(self.seed, index)
+            return scene_at(self.seed, index, self.task.min_objects, self.max_objects, self.task.layout)
+        # a held-out split: the index is drawn again (attempt 1, 2, ...) until it shows none of the split
+        for attempt in range(MAX_ATTEMPTS):
+            scene = scene_at(self.seed, index, self.task.min_objects, self.max_objects, self.task.layout, attempt)
+            if self.hold_out.allows(scene):
+                return scene
+        raise InputError(f"scene {index}: {MAX_ATTEMPTS} draws all show a combination the split "
+                         f"{self.hold_out.name!r} holds out")
 
     def _check(self, index: int) -> int:
         index = int(index)
@@ -129,3 +154,32 @@ class WorldDataset(Dataset):
         if self.joint:
             return JointSample(images, cond, torch.stack([m for _, m in labels]))
         return Sample(images, cond, torch.tensor([f for _, f in labels], dtype=torch.bool))
+
+    def step_generator(self, step: int, rank: int = 0,
+                       device: torch.device | str = "cpu") -> torch.Generator:
+        """The generator for ``device_batch`` at a training step, on ``device``: seeded
+        from (seed, step, rank) only (a stream apart from the per-index labels')."""
+        entropy = [self.seed, int(step), int(rank), 2]
+        state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
+        return torch.Generator(device=torch.device(device)).manual_seed(int(state[0]))
+
+    def device_batch(self, generator: torch.Generator | int, batch_size: int,
+                     device: torch.device | str) -> Sample:
+        """``batch_size`` fresh samples drawn and rendered on ``device`` (world/batch.py):
+        ``Sample(images (B, 3, R, R), cond (B, D), is_null (B,) bool)``, all on ``device``.
+
+        Same distributions as ``batch(indices)`` (scenes within ``max_objects``, one
+        true concept per scene, null rows with probability ``null_prob``), not the same
+        samples. ``generator`` must be on ``device`` (an int seeds a new one). Joint
+        datasets and tasks other than the built-in ones have the Python path only:
+        InputError.
+        """
+        if self.joint:
+            raise InputError("device_batch draws one concept per image; a joint dataset "
+                             "(joint=True) has the Python path only: use batch(indices)")
+        gen = make_generator(generator, device)
+        scenes = sample_scene_batch(gen, batch_size, device, self.task.min_objects,
+                                    self.max_objects, self.task.layout,
+                                    allows=self.hold_out.allows_batch if self.hold_out else None)
+        cond, is_null = label_batch(self.task, scenes, gen, self.null_prob)
+        return Sample(render_batch(scenes, self.resolution), cond, is_null)

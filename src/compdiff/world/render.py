@@ -12,10 +12,15 @@ Anti-aliasing is analytic: every face is a (sheared) box, disc or ellipse
 whose signed distance d (in pixels) gives coverage clamp(0.5 - d, 0, 1).
 No supersampling, no per-pixel Python: the only Python loop runs over object
 slots (<= max objects per scene) and the three shapes.
+
+``render_packed(Packed, resolution)`` is the core: it renders per-slot tensors
+on whatever device they are on. ``render(scenes, resolution)`` packs Scene
+objects on the CPU and calls it; world/batch.py packs scenes drawn as tensors.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -46,8 +51,25 @@ _MAT = {
 _MAT_T = np.array([_MAT[m] for m in MATERIALS], dtype=np.float32)
 
 
-def _pack(scenes: Sequence[Scene]) -> dict[str, np.ndarray]:
-    """Scenes -> per-slot arrays (B, K), slots sorted far-to-near by y."""
+class Packed(NamedTuple):
+    """What the renderer reads: per object slot, (B, K) tensors on any one device.
+
+    Within a scene the valid slots come first, sorted far-to-near (ascending y);
+    invalid slots are all zeros. Positions and extents are in drawn (zoomed)
+    image units.
+    """
+
+    valid: Tensor  # (B, K) bool
+    cx: Tensor     # (B, K) float32 center x after the layout's zoom
+    cy: Tensor     # (B, K) float32 center y after the layout's zoom
+    ext: Tensor    # (B, K) float32 half-extent after the zoom
+    shape: Tensor  # (B, K) int64 index into SHAPES
+    color: Tensor  # (B, K) int64 index into COLORS
+    mat: Tensor    # (B, K) int64 index into MATERIALS
+
+
+def _pack(scenes: Sequence[Scene]) -> Packed:
+    """Scenes -> CPU Packed, K = the most objects in a scene (at least 1)."""
     B = len(scenes)
     K = max([len(s.objects) for s in scenes] + [1])
     valid = np.zeros((B, K), bool)
@@ -67,7 +89,15 @@ def _pack(scenes: Sequence[Scene]) -> dict[str, np.ndarray]:
             ext[b, k] = EXTENT[o.size] * zoom
             shape[b, k] = shape_i[o.shape]; color[b, k] = color_i[o.color]
             mat[b, k] = mat_i[o.material]
-    return dict(valid=valid, cx=cx, cy=cy, ext=ext, shape=shape, color=color, mat=mat)
+    return Packed(*(torch.from_numpy(a) for a in (valid, cx, cy, ext, shape, color, mat)))
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(colors (8, 3), materials (2, 4), floor tint (1, 3, 1, 1)) on ``device``, copied once:
+    a host-to-device copy per call would wait for the device each time."""
+    tint = torch.tensor([1.0, 0.98, 0.95], device=device).view(1, 3, 1, 1)
+    return torch.from_numpy(_RGB).to(device), torch.from_numpy(_MAT_T).to(device), tint
 
 
 def _cov(d: Tensor) -> Tensor:
@@ -75,20 +105,19 @@ def _cov(d: Tensor) -> Tensor:
     return (0.5 - d).clamp_(0.0, 1.0)
 
 
-def _floor(B: int, R: int, u: Tensor, v: Tensor) -> Tensor:
+def _floor(B: int, R: int, u: Tensor, v: Tensor, tint: Tensor) -> Tensor:
     """(B, 3, R, R): a light warm-gray floor, darker far away and at the sides."""
     lum = 0.44 + 0.20 * v - 0.16 * (u - 0.5) ** 2  # (1, R, R) by broadcasting
-    tint = torch.tensor([1.0, 0.98, 0.95]).view(1, 3, 1, 1)
     return (lum.unsqueeze(1) * tint).expand(B, 3, R, R).contiguous()
 
 
-def _shadows(p: dict[str, Tensor], u: Tensor, v: Tensor, R: int) -> Tensor:
+def _shadows(p: Packed, u: Tensor, v: Tensor, R: int) -> Tensor:
     """(B, 1, R, R) floor darkening factor from all objects' soft shadows."""
-    e = p["ext"][:, :, None, None]                         # (B, K, 1, 1)
-    sx = p["cx"][:, :, None, None] + 0.50 * e
-    sy = p["cy"][:, :, None, None] + 0.55 * e
+    e = p.ext[:, :, None, None]                            # (B, K, 1, 1)
+    sx = p.cx[:, :, None, None] + 0.50 * e
+    sy = p.cy[:, :, None, None] + 0.55 * e
     q = ((u.unsqueeze(1) - sx) / (1.25 * e)) ** 2 + ((v.unsqueeze(1) - sy) / (0.60 * e)) ** 2
-    a = ((1.25 - q) * 0.9).clamp_(0.0, 1.0) * p["valid"][:, :, None, None]
+    a = ((1.25 - q) * 0.9).clamp_(0.0, 1.0) * p.valid[:, :, None, None]
     return 1.0 - 0.45 * a.amax(dim=1, keepdim=True)
 
 
@@ -159,33 +188,57 @@ def _cylinder(du: Tensor, dv: Tensor, s: Tensor, R: int, mp: Tensor):
 _SHAPE_FNS = {"cube": _cube, "sphere": _sphere, "cylinder": _cylinder}
 
 
-def render(scenes: Sequence[Scene], resolution: int) -> Tensor:
-    """Render scenes. Returns (N, 3, R, R) float32 in [-1, 1]."""
+def _groups(p: Packed) -> list[tuple[int, int, Tensor]]:
+    """(slot k, shape index, scene indices (n,) ascending) of every non-empty group, in
+    painting order. Sorting by shape keeps the device busy; reading the group sizes is
+    the one wait for the device in a render (one nonzero per group would be 3K waits)."""
+    n_shapes = len(SHAPES)
+    key = torch.where(p.valid, p.shape, n_shapes)                  # (B, K), invalid last
+    order = torch.sort(key, dim=0, stable=True).indices           # (B, K)
+    kinds = torch.arange(n_shapes + 1, device=key.device)
+    counts = (key.unsqueeze(-1) == kinds).sum(0).tolist()          # (K, n_shapes + 1)
+    groups = []
+    for k, row in enumerate(counts):
+        start = 0
+        for si, n in enumerate(row[:n_shapes]):
+            if n:
+                groups.append((k, si, order[start:start + n, k]))
+            start += n
+    return groups
+
+
+def _check_resolution(resolution: int) -> int:
     R = int(resolution)
     if R < 8:
         raise ValueError(f"resolution must be >= 8, got {resolution}")
-    B = len(scenes)
-    if B == 0:
-        return torch.zeros(0, 3, R, R)
-    p = {k: torch.from_numpy(v) for k, v in _pack(scenes).items()}
-    pix = (torch.arange(R, dtype=torch.float32) + 0.5) / R
+    return R
+
+
+def render_packed(p: Packed, resolution: int) -> Tensor:
+    """Render packed scenes on their device. Returns (B, 3, R, R) float32 in [-1, 1]."""
+    R = _check_resolution(resolution)
+    B, dev = p.valid.shape[0], p.valid.device
+    rgb, mats, tint = _tables(dev)
+    pix = (torch.arange(R, dtype=torch.float32, device=dev) + 0.5) / R
     u, v = pix.view(1, 1, R), pix.view(1, R, 1)
-    img = _floor(B, R, u, v) * _shadows(p, u, v, R)
-    rgb = torch.from_numpy(_RGB)
-    mats = torch.from_numpy(_MAT_T)
-    for k in range(p["valid"].shape[1]):
-        for si, name in enumerate(SHAPES):
-            idx = torch.nonzero(p["valid"][:, k] & (p["shape"][:, k] == si)).flatten()
-            if idx.numel() == 0:
-                continue
-            n = idx.numel()
-            cx = p["cx"][idx, k].view(n, 1, 1); cy = p["cy"][idx, k].view(n, 1, 1)
-            s = p["ext"][idx, k].view(n, 1, 1)
-            alpha, shade, spec = _SHAPE_FNS[name](u - cx, v - cy, s, R, mats[p["mat"][idx, k]])
-            base = rgb[p["color"][idx, k]].view(n, 3, 1, 1)
-            col = base * shade.unsqueeze(1) + spec.unsqueeze(1)
-            img[idx] = img[idx] * (1.0 - alpha.unsqueeze(1)) + col
+    img = _floor(B, R, u, v, tint) * _shadows(p, u, v, R)
+    for k, si, idx in _groups(p):
+        n = idx.numel()
+        cx = p.cx[idx, k].view(n, 1, 1); cy = p.cy[idx, k].view(n, 1, 1)
+        s = p.ext[idx, k].view(n, 1, 1)
+        alpha, shade, spec = _SHAPE_FNS[SHAPES[si]](u - cx, v - cy, s, R, mats[p.mat[idx, k]])
+        base = rgb[p.color[idx, k]].view(n, 3, 1, 1)
+        col = base * shade.unsqueeze(1) + spec.unsqueeze(1)
+        img[idx] = img[idx] * (1.0 - alpha.unsqueeze(1)) + col
     return img.clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
+
+
+def render(scenes: Sequence[Scene], resolution: int) -> Tensor:
+    """Render scenes (packed on the CPU). Returns (N, 3, R, R) float32 in [-1, 1]."""
+    R = _check_resolution(resolution)
+    if len(scenes) == 0:
+        return torch.zeros(0, 3, R, R)
+    return render_packed(_pack(scenes), R)
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -194,4 +247,4 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-__all__ = ["render", "to_uint8", "RGB"]
+__all__ = ["render", "render_packed", "Packed", "to_uint8", "RGB"]

@@ -106,8 +106,9 @@ def _sample_free(rng: np.random.Generator, n_obj: int) -> tuple[Obj, ...]:
 
 
 def scene_at(seed: int, index: int, min_objects: int = 1, max_objects: int = 5,
-             layout: Layout = "free") -> Scene:
-    """Scene ``index`` of the stream for ``seed`` (depends on nothing else)."""
+             layout: Layout = "free", attempt: int = 0) -> Scene:
+    """Scene ``index`` of the stream for ``seed`` (depends on nothing else). ``attempt`` > 0 draws
+    that index again from a stream of its own (a held-out split redraws scenes it excludes)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if not 1 <= min_objects <= max_objects <= 8:
@@ -115,7 +116,7 @@ def scene_at(seed: int, index: int, min_objects: int = 1, max_objects: int = 5,
                          f"{min_objects}, {max_objects}")
     if seed < 0 or index < 0:
         raise ValueError("seed and index must be >= 0")
-    rng = np.random.default_rng([seed, index, 0])
+    rng = np.random.default_rng([seed, index, 0] + ([attempt] if attempt else []))
     if layout == "centered":
         shape, color, size, material = _random_obj_attrs(rng)
         x, y = 0.5 + rng.uniform(-0.03, 0.03, size=2)

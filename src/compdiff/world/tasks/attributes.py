@@ -2,7 +2,9 @@
 
 Scenes use the ``"centered"`` layout: one main object, drawn large. A concept
 is one attribute value, text one word from ``VOCAB = SHAPES + COLORS + SIZES
-+ MATERIALS`` (case-insensitive; surrounding spaces ignored). Tensor: int64
++ MATERIALS`` (case-insensitive; surrounding spaces ignored) or one of CLEVR's
+own words for a value (``SYNONYMS``: ball, block, tiny, big, shiny, metallic,
+matte), read as that value; ``format`` prints the ``VOCAB`` word. Tensor: int64
 ``(K, 1)``, the 1-based index into ``VOCAB``; the null row is 0.
 ``holds(word, scene)``: the main object (``scene.objects[0]``) has that value.
 This is where ``red AND cube AND NOT metal`` is asked of one object; a
@@ -22,8 +24,27 @@ from compdiff.world.tasks.base import Task, parse_error
 VOCAB = SHAPES + COLORS + SIZES + MATERIALS
 _KIND_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}
 KIND = {w: kind for kind, words in _KIND_VOCAB.items() for w in words}
-_ACCEPTED = ("one word: shape " + ", ".join(SHAPES) + "; color " + ", ".join(COLORS)
-             + "; size " + ", ".join(SIZES) + "; material " + ", ".join(MATERIALS))
+#: CLEVR's questions use these words too (its synonyms.json); each names one VOCAB value.
+#: Shared with the relations task, so both languages read the same words.
+SYNONYMS = {"ball": "sphere", "block": "cube", "tiny": "small", "big": "large",
+            "shiny": "metal", "metallic": "metal", "matte": "rubber"}
+
+
+def canonical(word: str, synonyms: dict[str, str] = SYNONYMS) -> str:
+    """The canonical word for ``word`` (itself when it has no synonym entry)."""
+    return synonyms.get(word, word)
+
+
+def with_synonyms(words: Sequence[str], synonyms: dict[str, str] = SYNONYMS) -> str:
+    """``words`` listed for an "accepted:" line, each with the synonyms read as it."""
+    def entry(w: str) -> str:
+        alts = [s for s, c in synonyms.items() if c == w]
+        return f"{w} (also {', '.join(alts)})" if alts else w
+    return ", ".join(map(entry, words))
+
+
+_ACCEPTED = ("one word: shape " + with_synonyms(SHAPES) + "; color " + with_synonyms(COLORS)
+             + "; size " + with_synonyms(SIZES) + "; material " + with_synonyms(MATERIALS))
 
 
 @dataclass(frozen=True)
@@ -46,7 +67,7 @@ class AttributesTask(Task[Attribute]):
     row_dim = 1
 
     def parse(self, text: str) -> Attribute:
-        word = text.strip().lower()
+        word = canonical(text.strip().lower())
         if word not in KIND:
             col = len(text) - len(text.lstrip())
             what = "empty attribute" if not word else f"unknown attribute {text.strip()!r}"

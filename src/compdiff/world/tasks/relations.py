@@ -4,9 +4,12 @@ Text: ``a small red metal cube left of a large blue rubber sphere``. Each side
 is ``[a|an|the] [size] [color] [material] [noun]``: attribute words in any
 order, each kind at most once, every one optional (omitted = "any"). The noun
 is a shape or, for "any shape", ``thing`` (also accepted: ``object``); it may
-be left out. Relations: ``left of``, ``right of``, ``in front of``, ``behind``
-(also ``to the left of``, ``to the right of``). ``format`` prints the
-canonical form ``a <size> <color> <material> <shape|thing> <rel> a ...``.
+be left out. Relations: ``left of``, ``right of``, ``in front of``, ``behind``.
+CLEVR's own wording (its synonyms.json) reads as the same concept: the
+attribute words of ``attributes.SYNONYMS`` (ball, block, tiny, big, shiny,
+metallic, matte) and ``to the left of``, ``on the left side of`` (likewise for
+right). ``format`` prints the canonical form
+``a <size> <color> <material> <shape|thing> <rel> a ...``.
 
 Tensor: int64 rows ``[shape1, color1, size1, material1, rel, shape2, color2,
 size2, material2]``; attribute 0 = any, else (index in the vocab tuple) + 1;
@@ -30,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from compdiff.errors import ParseError
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Obj, Scene
+from compdiff.world.tasks.attributes import SYNONYMS, canonical, with_synonyms
 from compdiff.world.tasks.base import Task, parse_error
 
 RELATIONS = ("left of", "right of", "in front of", "behind")
@@ -46,17 +51,22 @@ _KIND_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATE
 _WORD_KIND = {w: k for k, vocab in _KIND_VOCAB.items() for w in vocab}
 _NOUNS = {ANY_NOUN, "object"}
 _ARTICLES = {"a", "an", "the"}
+#: CLEVR's other phrasings of a relation (its synonyms.json); front/behind have none
+_REL_SYNONYMS = {"to the left of": "left of", "on the left side of": "left of",
+                 "to the right of": "right of", "on the right side of": "right of"}
 # relation phrases (token tuples), longest first
 _REL_PHRASES = sorted(
-    [(("left", "of"), "left of"), (("right", "of"), "right of"),
-     (("to", "the", "left", "of"), "left of"), (("to", "the", "right", "of"), "right of"),
-     (("in", "front", "of"), "in front of"), (("behind",), "behind")],
+    [(tuple(phrase.split()), canonical(phrase, _REL_SYNONYMS))
+     for phrase in (*RELATIONS, *_REL_SYNONYMS)],
     key=lambda p: -len(p[0]))
-_ACCEPTED = ("'[a] [size] [color] [material] [shape] RELATION [a] [size] [color] "
-             "[material] [shape]' with size in " + ", ".join(SIZES) + "; color in "
-             + ", ".join(COLORS) + "; material in " + ", ".join(MATERIALS)
-             + "; shape in " + ", ".join(SHAPES) + " (or 'thing'/'object' for any shape)"
-             "; RELATION in " + ", ".join(RELATIONS))
+_KNOWN = (_ARTICLES | _NOUNS | set(_WORD_KIND) | set(SYNONYMS)
+          | {w for p, _ in _REL_PHRASES for w in p})
+_ACCEPTED = ("'[a|an|the] [size] [color] [material] [shape] RELATION [a|an|the] [size] "
+             "[color] [material] [shape]' with size in " + with_synonyms(SIZES)
+             + "; color in " + with_synonyms(COLORS) + "; material in "
+             + with_synonyms(MATERIALS) + "; shape in " + with_synonyms(SHAPES)
+             + " (or 'thing'/'object' for any shape); RELATION in "
+             + with_synonyms(RELATIONS, _REL_SYNONYMS))
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,37 @@ def _tokens(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def _broken_relation(text: str, toks: list[tuple[str, int]]) -> ParseError:
+    """The ParseError for known words without a whole relation phrase: the caret goes
+    where the longest started phrase breaks off (``to the left a`` -> under ``a``),
+    else at the end."""
+    words = [t for t, _ in toks]
+    best_len, best_at = 0, 0
+    for i in range(len(words)):
+        for phrase, _ in _REL_PHRASES:
+            n = _common_prefix(words[i:], phrase)
+            if n > best_len:
+                best_len, best_at = n, i
+    if not best_len:
+        return parse_error(text, len(text), f"no relation in {text.strip()!r}", _ACCEPTED)
+    started = tuple(words[best_at:best_at + best_len])
+    nexts = sorted({p[best_len] for p, _ in _REL_PHRASES if p[:best_len] == started})
+    end = best_at + best_len
+    col = toks[end][1] if end < len(toks) else len(text)
+    return parse_error(text, col, f"expected {' or '.join(map(repr, nexts))} after "
+                       f"{' '.join(started)!r}", _ACCEPTED)
+
+
+def _common_prefix(words: list[str], phrase: tuple[str, ...]) -> int:
+    """How many leading words of ``words`` follow ``phrase``."""
+    n = 0
+    for w, p in zip(words, phrase):
+        if w != p:
+            break
+        n += 1
+    return n
+
+
 class RelationsTask(Task[Relation]):
     name = "relations"
     help = ("'[size] [color] [material] [shape] RELATION [size] [color] [material] [shape]', "
@@ -121,17 +162,17 @@ class RelationsTask(Task[Relation]):
     # --- text ---------------------------------------------------------------
     def parse(self, text: str) -> Relation:
         toks = _tokens(text)
+        words = [t for t, _ in toks]
         for i in range(len(toks)):
             for phrase, rel in _REL_PHRASES:
-                if tuple(t for t, _ in toks[i:i + len(phrase)]) == phrase:
+                if tuple(words[i:i + len(phrase)]) == phrase:
                     first = self._desc(text, toks[:i], "first")
                     second = self._desc(text, toks[i + len(phrase):], "second")
                     return Relation(first, rel, second)
-        known = _ARTICLES | _NOUNS | set(_WORD_KIND) | {w for p, _ in _REL_PHRASES for w in p}
         for tok, col in toks:
-            if tok not in known:
+            if tok not in _KNOWN:
                 raise parse_error(text, col, f"unknown word {tok!r}", _ACCEPTED)
-        raise parse_error(text, len(text), f"no relation in {text.strip()!r}", _ACCEPTED)
+        raise _broken_relation(text, toks)
 
     def _desc(self, text: str, toks: list[tuple[str, int]], side: str) -> Desc:
         if not toks:
@@ -148,13 +189,14 @@ class RelationsTask(Task[Relation]):
             if tok in _NOUNS:
                 noun_seen = True
                 continue
-            kind = _WORD_KIND.get(tok)
+            word = canonical(tok)
+            kind = _WORD_KIND.get(word)
             if kind is None:
                 raise parse_error(text, col, f"unknown word {tok!r}", _ACCEPTED)
             if kind in attrs:
                 raise parse_error(text, col, f"a second {kind} {tok!r} (already "
                                   f"{attrs[kind]!r})", _ACCEPTED)
-            attrs[kind] = tok
+            attrs[kind] = word
             noun_seen = kind == "shape"
         return Desc(**attrs)
 
