@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ DEMO_EXPR := "0.30,0.30" AND "0.70,0.70" AND NOT "0.70,0.30"
 demo: $(STAMP)
 	$(VENV)/bin/compdiff explain '$(DEMO_EXPR)' --guidance-scale 3
 	$(VENV)/bin/compdiff sample '$(DEMO_EXPR)' --n 8 --seed 0 --out demo.png
+
+# the web page on http://127.0.0.1:7860 (more flags: make serve SERVE_ARGS="--port 8000 --model DIR")
+serve: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/compdiff serve $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -270,3 +270,15 @@ def test_decode_and_sizes(sd, backend):
 def test_network_guard_is_active():
     with pytest.raises(AssertionError, match="network access"):
         socket.create_connection(("huggingface.co", 443))
+
+
+def test_cli_scheduler_option(sd, tmp_path):
+    from compdiff.cli import main
+
+    _, folder = sd
+    out = tmp_path / "s.png"
+    assert main(["sample", "--model", str(folder), "a red cat AND NOT blue", "--n", "2", "--steps", "2",
+                 "--scheduler", "DPMSolverMultistepScheduler", "--no-progress", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", "--task", "objects", '"0.3,0.3"', "--scheduler", "pipeline", "--steps", "2",
+                 "--out", str(tmp_path / "t.png")]) == 2  # a world model has no diffusers scheduler

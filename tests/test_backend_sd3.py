@@ -312,3 +312,15 @@ def test_decode_and_sizes(sd3, backend):
 def test_network_guard_is_active():
     with pytest.raises(AssertionError, match="network access"):
         socket.create_connection(("huggingface.co", 443))
+
+
+@pytest.mark.parametrize("scheduler", ["pipeline", "FlowMatchEulerDiscreteScheduler"])
+def test_cli_scheduler_option_runs_the_pipelines_scheduler(sd3, tmp_path, scheduler):
+    from compdiff.cli import main
+
+    out = tmp_path / "s.png"
+    sd3_dir = sd3[1]
+    assert main(["sample", "--model", str(sd3_dir), "a cat AND NOT a dog", "--n", "2", "--steps", "2",
+                 "--scheduler", scheduler, "--no-progress", "--out", str(out)]) == 0 and out.is_file()
+    assert main(["sample", "--model", str(sd3_dir), "a cat", "--scheduler", "NotAScheduler", "--steps", "2",
+                 "--out", str(tmp_path / "t.png")]) == 2

@@ -264,13 +264,23 @@ def test_terms_multiply_negate_and_merge():
     assert parse("a AND NOT a AND b").leaves() == [Term("a", 1.0), Term("a", -1.0), Term("b", 1.0)]
 
 
-def test_terms_overflow_is_an_input_error():
+def test_weights_are_bounded_and_terms_overflow_is_an_input_error():
+    # one weight: |w| <= MAX_WEIGHT, in the grammar and in the nodes
+    for text, col in [('("a":1e200):1e200', 6), ('"a":1e308 OR "b":1e308', 5), ('"a":-1000000.5', 5)]:
+        msg = perr(text)
+        assert "out of range" in msg and "[-1e6, 1e6]" in msg and column(msg) == col == caret_col(msg)
+    assert parse('"a":1e6 AND "b":-1e6').terms() == [Term("a", 1e6), Term("b", -1e6)]
+    with pytest.raises(InputError, match="1000000"):
+        Concept("a", 1e7)
+    with pytest.raises(InputError, match="1000000"):
+        weighted(A, -2e6)
+    # products through nested groups can still overflow: an InputError when merged
+    deep = '"a"' + "".join(":1e6)" for _ in range(60))
     with pytest.raises(InputError, match="non-finite"):
-        parse('("a":1e200):1e200').terms()
-    with pytest.raises(InputError, match="non-finite"):
-        parse('"a":1e308 AND "a":1e308').terms()
+        parse("(" * 60 + deep).terms()
     # merging is exactly rounded: 1 + 1e16 - 1e16 is 1, not 0
-    assert parse('a AND "a":1e16 AND NOT "a":1e16').terms() == [Term("a", 1.0)]
+    big = '(("a":1e6):1e6):1e4'
+    assert parse(f'a AND {big} AND NOT {big}').terms() == [Term("a", 1.0)]
 
 
 def test_or_parses_but_terms_raise():

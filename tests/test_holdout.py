@@ -113,3 +113,58 @@ def test_the_python_path_redraws_held_out_scenes(task, name):
         assert len(same) > 300 and all(data.scene(i) == free.scene(i) for i in same[:200])
     with pytest.raises(InputError, match="belongs to task"):
         WorldDataset("objects" if task != "objects" else "relations", 16, seed=0, hold_out=split)
+
+
+def test_joint_subsets_are_random_non_empty_subsets_of_the_true_set():
+    from compdiff.world import WorldDataset
+
+    data = WorldDataset("attributes", 16, seed=0, joint=True, joint_subsets=True, length=400)
+    sizes = [int(data[i].mask.sum()) for i in range(400)]
+    assert min(sizes) == 1 and max(sizes) == 4 and all(abs(sizes.count(k) / 400 - 0.25) < 0.08 for k in range(1, 5))
+    t = get_task("attributes")
+    for i in range(50):
+        s = data[i]
+        rows = t.from_tensor(s.cond[s.mask])
+        assert all(t.holds(c, data.scene(i)) for c in rows)
+    with pytest.raises(InputError, match="joint datasets"):
+        WorldDataset("attributes", 16, seed=0, joint_subsets=True)
+
+
+def test_train_with_a_hold_out_records_it_and_eval_draws_held_out_sets(tmp_path):
+    """compdiff train --hold-out NAME writes the split into compdiff.json; eval --sets reads it."""
+    import json
+
+    from compdiff.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--task", "attributes", "--hold-out", "default", "--steps", "2", "--batch-size", "4",
+                 "--channels", "16,32", "--layers-per-block", "1", "--resolution", "32", "--precision", "fp32",
+                 "--no-progress", "--out", str(run)]) == 0
+    training = json.loads((run / "model" / "compdiff.json").read_text())["training"]
+    assert training["hold_out"] == get_split("attributes", "default").to_json() and training["scenes"] == "torch"
+    rep = tmp_path / "rep"
+    assert main(["eval", "--task", "attributes", "--model", str(run / "model"), "--sets", "held-out",
+                 "--components", "2", "--n", "2", "--steps", "2", "--methods", "composed", "--no-progress",
+                 "--out", str(rep)]) == 0
+    spec = json.loads((rep / "results.json").read_text())["spec"]
+    assert spec["sets"] == "held-out" and spec["hold_out"] == "default"
+    assert main(["eval", "--task", "attributes", "--sets", "seen", "--components", "2", "--n", "2",
+                 "--out", str(tmp_path / "rep2")]) == 2  # the shipped model has no split: --hold-out needed
+
+
+def test_world_cli_prints_splits_and_renders_the_held_out_world(tmp_path, capsys):
+    import json
+
+    from compdiff.cli import main
+
+    assert main(["world", "hold-out", "--task", "attributes", "--name", "default"]) == 0
+    assert json.loads(capsys.readouterr().out) == get_split("attributes", "default").to_json()
+    out = tmp_path / "w.png"
+    assert main(["world", "render", "--task", "relations", "--hold-out", "default", "--n", "24", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["hold_out"]["name"] == "default" and len(meta["scenes"]) == 24
+    split = get_split("relations", "default")
+    for s in meta["scenes"]:
+        colors = {o["color"] for o in s["objects"]}
+        assert not any(a in colors and b in colors for a, b in split.across)
+    assert main(["world", "hold-out", "--task", "objects", "--name", "nope"]) == 2

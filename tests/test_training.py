@@ -94,7 +94,7 @@ def test_load_refuses_pickles(tmp_path):
 @pytest.mark.parametrize("bad,message", [
     (["--task", "faces"], "unknown task"),
     (["--resolution", "31"], "multiple of 2"),
-    (["--batch-size", "0"], "batch-size must be >= 1"),
+    (["--batch-size", "0"], "--batch-size: must be an integer 1..4096"),  # checked while parsing
     (["--channels", "16,x"], "comma-separated"),
     (["--max-objects", "6"], "max objects per scene for task objects must be in [1, 5]"),
 ])

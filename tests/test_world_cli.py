@@ -5,7 +5,7 @@ from PIL import Image
 from compdiff.cli import main
 
 
-def test_render_writes_png_and_txt(tmp_path, capsys):
+def test_render_writes_png_txt_and_json(tmp_path, capsys):
     out = tmp_path / "w.png"
     assert main(["world", "render", "--task", "relations", "--n", "3", "--resolution", "16",
                  "--seed", "2", "--out", str(out)]) == 0
@@ -13,7 +13,7 @@ def test_render_writes_png_and_txt(tmp_path, capsys):
     assert im.width >= 3 * 16 * 8 and im.height > 16 * 8
     txt = (tmp_path / "w.txt").read_text()
     assert "[2] true: a " in txt and "[0] objects:" in txt
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.png", "w.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json", "w.png", "w.txt"]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -41,3 +41,53 @@ def write_json(path: str | Path, data: Any, indent: int = 1) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
+
+
+def output_problem(path: str | Path, directory: bool = False, create_parents: bool = True) -> str | None:
+    """Why ``path`` cannot be written, or None: checked before any work, creating nothing.
+
+    A file (``directory=False``): it must not be a directory or anything but a regular file,
+    and its folder must exist (or, with ``create_parents``, be creatable: the nearest existing
+    ancestor is a writable directory) and be writable, since the file is written beside it
+    and renamed. A folder of files (``directory=True``): an existing one must be a writable
+    directory; a missing one must be creatable as above."""
+    p = Path(path)
+    try:
+        if not str(path):
+            return "empty path"
+        if "\0" in str(path):
+            return "the path holds a NUL character"
+        if directory:
+            if p.exists():
+                if not p.is_dir():
+                    return "exists and is not a directory"
+                return None if os.access(p, os.W_OK | os.X_OK) else "the directory is not writable"
+            folder = p
+        else:
+            if p.is_dir():
+                return "is a directory; name a file"
+            if p.exists() and not p.is_file():
+                return "exists and is not a regular file"
+            folder = p.parent
+        ancestor = folder
+        while not ancestor.exists():
+            if not create_parents and ancestor == folder:
+                return f"the directory {_short(folder)} does not exist"
+            if ancestor.parent == ancestor:
+                break
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            return f"{_short(ancestor)} is not a directory"
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return f"the directory {_short(ancestor)} is not writable"
+    except OSError as err:  # a name too long, a loop of links, no permission to look
+        return err.strerror or type(err).__name__
+    except ValueError as err:  # an embedded NUL byte
+        return str(err)
+    return None
+
+
+def _short(path: Path, limit: int = 80) -> str:
+    from compdiff.expr.display import excerpt
+
+    return excerpt(str(path), limit)

@@ -15,12 +15,14 @@ opens these directories (and diffusers pipelines) for the CLI, the evaluation an
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -108,10 +110,20 @@ def _refuse_pickles(path: Path) -> None:
 
 
 def load_model(path: str | Path, bf16: bool = False) -> Loaded:
-    """Load a trained model directory (see the module docstring)."""
+    """Load a trained model directory (see the module docstring).
+
+    A damaged directory is an InputError naming the file and what is wrong with it: compdiff.json
+    unreadable, not an object or lacking a key; a missing unet/ or weight file; weights whose names
+    or shapes differ from the network compdiff.json describes (nothing is silently ignored)."""
+    from compdiff.training.checkpoint import interrupted_dir
+
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"model directory {str(path)!r} does not exist")
+        # a run's model/ whose replacement was killed half-way (file systems that cannot swap folders)
+        found = interrupted_dir(path)
+        if found is None:
+            raise InputError(f"model directory {str(path)!r} does not exist")
+        path = found
     _refuse_pickles(path)
     meta_file = path / "compdiff.json"
     if not meta_file.is_file():
@@ -120,14 +132,133 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     meta = _read_meta(meta_file)
     if meta.get("format") != FORMAT:
         raise InputError(f"{meta_file} is not a compdiff model config (format {meta.get('format')!r})")
-    cfg = ModelConfig.from_dict(meta["model"])
-    unet_cls = UNet2DConditionModel if cfg.cross_attention else UNet2DModel
-    unet = unet_cls.from_pretrained(path / "unet", use_safetensors=True)
+    cfg, expected = _model_config(meta, meta_file)
+    try:
+        schedule = make_schedule(meta.get("schedule"))
+    except (ValueError, TypeError, OverflowError) as err:  # InputError included
+        raise InputError(f"{meta_file}: 'schedule' is not a noise schedule ({err})") from None
+    kmax = None
+    if cfg.joint:
+        kmax = meta.get("training", {}).get("kmax") if isinstance(meta.get("training"), dict) else None
+        if isinstance(kmax, bool) or not isinstance(kmax, int) or kmax < 1:
+            raise InputError(f"{meta_file}: a joint-conditioning model needs 'training': {{'kmax': N}} with N >= 1 "
+                             f"(the largest concept set), got {kmax!r}")
+    unet = _load_unet(path / "unet", cfg, expected.unet, meta_file)
     net = ConditionalUNet(cfg, unet)
     for name, module in _condition_modules(net):
-        module.load_state_dict(load_file(str(path / f"{name}.safetensors")))
-    encoder = JointEncoder(cfg.task, meta["training"]["kmax"]) if cfg.joint else get_task(cfg.task).encoder()
-    return Loaded(InferenceDenoiser(net, bf16), encoder, make_schedule(meta["schedule"]))
+        _load_module(module, path / f"{name}.safetensors", dict(_condition_modules(expected))[name], meta_file)
+    encoder = JointEncoder(cfg.task, kmax) if cfg.joint else get_task(cfg.task).encoder()
+    return Loaded(InferenceDenoiser(net, bf16), encoder, schedule)
+
+
+def _model_config(meta: dict[str, Any], meta_file: Path) -> tuple[ModelConfig, ConditionalUNet]:
+    """compdiff.json's 'model' as a ModelConfig, and the network it describes built on the meta
+    device (shapes only); InputError naming the file when either is impossible."""
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise InputError(f"{meta_file}: " + ("no 'model' entry (the network's configuration)" if model is None
+                                             else f"'model' must be a JSON object, got {type(model).__name__}"))
+    try:
+        cfg = ModelConfig.from_dict(model)
+    except KeyError as err:
+        raise InputError(f"{meta_file}: 'model' lacks the key {err}") from None
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{meta_file}: 'model' is not a model configuration ({err})") from None
+    for f in fields(ModelConfig):
+        value, default = getattr(cfg, f.name), f.default
+        if default is MISSING or isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float) if isinstance(default, float) else int) and not isinstance(value, bool)
+        else:  # tuples of int, or of tuples of int
+            flat = [x for v in value for x in (v if isinstance(v, tuple) else (v,))]
+            ok = all(isinstance(x, int) and not isinstance(x, bool) for x in flat)
+        if not ok:
+            raise InputError(f"{meta_file}: 'model' has a bad {f.name!r}: {value!r}")
+    if not 8 <= cfg.resolution <= 4096 or not cfg.channels or min(cfg.channels) < 1 or cfg.layers_per_block < 1:
+        raise InputError(f"{meta_file}: 'model' has impossible sizes (resolution {cfg.resolution}, "
+                         f"channels {list(cfg.channels)}, layers_per_block {cfg.layers_per_block})")
+    try:
+        get_task(cfg.task)
+    except InputError as err:
+        raise InputError(f"{meta_file}: {err}") from None
+    try:
+        with torch.device("meta"):
+            expected = ConditionalUNet(cfg)
+    except Exception as err:  # noqa: BLE001 - whatever the constructors refuse
+        raise InputError(f"{meta_file}: 'model' describes no network compdiff can build "
+                         f"({type(err).__name__}: {err})") from None
+    return cfg, expected
+
+
+def _shape_mismatch(found: dict[str, tuple[int, ...]], module: torch.nn.Module) -> str | None:
+    """How tensors ``found`` (name -> shape) differ from ``module``'s state dict, or None."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing, extra = sorted(set(want) - set(found)), sorted(set(found) - set(want))
+    if missing:
+        return f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}"
+    if extra:
+        return f"{len(extra)} unexpected tensor(s), e.g. {extra[0]!r}"
+    for k in want:
+        if want[k] != found[k]:
+            return f"{k!r} has shape {list(found[k])} where the configuration needs {list(want[k])}"
+    return None
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: a damaged or foreign file
+        raise InputError(f"{file}: not a readable safetensors file ({str(err).splitlines()[0][:200]})") from None
+
+
+def _load_unet(unet_dir: Path, cfg: ModelConfig, expected: torch.nn.Module,
+               meta_file: Path) -> UNet2DModel | UNet2DConditionModel:
+    """unet/ loaded locally (never the hub), checked tensor by tensor against compdiff.json's network."""
+    if not unet_dir.is_dir():
+        raise InputError(f"{unet_dir.parent}: the unet/ folder (the UNet's config.json and weights) is missing")
+    if not (unet_dir / "config.json").is_file():
+        raise InputError(f"{unet_dir}: config.json is missing")
+    config = _read_meta(unet_dir / "config.json")
+    weights = sorted(unet_dir.glob("*.safetensors"))
+    if not weights:
+        raise InputError(f"{unet_dir}: no weights (diffusion_pytorch_model.safetensors is missing)")
+    found: dict[str, tuple[int, ...]] = {}
+    for w in weights:
+        found.update(_safetensors_shapes(w))
+    label = weights[0] if len(weights) == 1 else unet_dir
+    problem = _shape_mismatch(found, expected)
+    if problem:
+        raise InputError(f"{label} does not fit the network {meta_file.name} describes (channels "
+                         f"{list(cfg.channels)}, layers_per_block {cfg.layers_per_block}): {problem}")
+    want = json.loads(json.dumps(dict(expected.config), default=list))
+    for key in ("block_out_channels", "layers_per_block", "in_channels", "out_channels", "down_block_types",
+                "up_block_types", "norm_num_groups", "cross_attention_dim"):
+        if key in config and key in want and config[key] != want[key]:
+            raise InputError(f"{unet_dir / 'config.json'}: {key} is {config[key]!r} but {meta_file.name} describes "
+                             f"a network with {want[key]!r}")
+    unet_cls = UNet2DConditionModel if cfg.cross_attention else UNet2DModel
+    try:
+        unet = unet_cls.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise InputError(f"{unet_dir}: the UNet does not load ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:300] if str(err) else ''})") from None
+    problem = _shape_mismatch({k: tuple(v.shape) for k, v in unet.state_dict().items()}, expected)
+    if problem:
+        raise InputError(f"{unet_dir / 'config.json'} does not describe the network {meta_file.name} does: {problem}")
+    return unet
+
+
+def _load_module(module: torch.nn.Module, file: Path, expected: torch.nn.Module, meta_file: Path) -> None:
+    if not file.is_file():
+        raise InputError(f"{file.parent}: {file.name} is missing (weights of the condition's encoder)")
+    problem = _shape_mismatch(_safetensors_shapes(file), expected)
+    if problem:
+        raise InputError(f"{file} does not fit the network {meta_file.name} describes: {problem}")
+    module.load_state_dict(load_file(str(file)))
 
 
 def recommended_sampling(path: str | Path) -> dict[str, Any]:

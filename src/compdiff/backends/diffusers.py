@@ -11,8 +11,8 @@ Denoiser + ConceptEncoder + NoiseSchedule + VAE decoder.
 
 Every concept of a step and the empty prompt go through the UNet in ONE call of B·(K+1)
 rows (that is compose's job; nothing here loops over concepts). compdiff never downloads:
-a path that is not a local pipeline directory is an InputError saying so. SDXL (two text
-encoders, pooled embeddings, added time ids) is not supported and says so.
+a path that is not a local pipeline directory is an InputError saying so. SDXL, SD3 and Flux
+folders are opened by their own families (sdxl.py, sd3.py, flux.py); this one says so.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ from compdiff.schedule import NoiseSchedule
 
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PIPELINE_SCALE = 7.5  # diffusers' default guidance scale for Stable Diffusion
-SDXL_MESSAGE = ("SDXL pipelines (two text encoders, pooled text embeddings and added time ids) are not "
-                "supported by compdiff yet; use a Stable Diffusion 1.x / 2.x pipeline")
+SDXL_MESSAGE = ("this is an SDXL pipeline (two text encoders, pooled text embeddings and added time ids): "
+                "open it with compdiff.open_model(folder) or compdiff.backends.SDXLBackend, the 'sdxl' family")
 
 
 class UNetDenoiser:
@@ -79,31 +79,71 @@ def _missing_model_message(path: str) -> str:
     return msg
 
 
+def _refuse_pickled_weights(folder: Path) -> None:
+    """compdiff loads safetensors only and never unpickles: a component folder whose weights are
+    pickles (.bin, .pt, .ckpt, ...) with no safetensors beside them is refused here, before any
+    loader (and torch.load) is reached."""
+    from compdiff.models import PICKLE_SUFFIXES
+
+    pickles = sorted(p.name for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickles and not any(folder.rglob("*.safetensors")):
+        raise InputError(f"{folder} holds pickled weights ({', '.join(pickles[:3])}"
+                         f"{', ...' if len(pickles) > 3 else ''}); compdiff loads safetensors only and never "
+                         "unpickles: re-save the pipeline with save_pretrained(folder, safe_serialization=True)")
+
+
+def _has_weights(cls: Any) -> bool:
+    """Whether a component class loads tensors (a torch module: UNet, VAE, text encoder)."""
+    return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+
+
 def _load_components(path: str | os.PathLike) -> dict[str, Any]:
-    """unet, vae, text_encoder, tokenizer, scheduler from a local pipeline folder (local_files_only)."""
+    """unet, vae, text_encoder, tokenizer, scheduler from a local pipeline folder (local_files_only;
+    safetensors only: pickled weights are refused without being opened)."""
+    from compdiff.backends.registry import read_json
+
     root = Path(path).expanduser()
     index_file = root / "model_index.json"
     if not index_file.is_file():
         raise InputError(_missing_model_message(str(path)))
-    index = json.loads(index_file.read_text(encoding="utf-8"))
+    index = read_json(index_file)  # InputError naming the file: not JSON, not an object
     if (index.get("text_encoder_2") or [None])[0] is not None:
         raise InputError(f"{root}: {SDXL_MESSAGE}")
     missing = [name for name in REQUIRED if not (index.get(name) or [None])[0] or not (root / name).is_dir()]
     if missing:
         raise InputError(f"{root} ({index.get('_class_name', 'unknown pipeline')}) is not a Stable Diffusion-style "
                          f"text-to-image pipeline: missing {', '.join(missing)}")
+    classes = {}
+    for name in REQUIRED:
+        entry = index[name]
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            raise InputError(f"{index_file}: {name!r} must be [library, class name], got {entry!r}")
+        library, class_name = entry
+        if library not in ("diffusers", "transformers"):
+            raise InputError(f"{index_file}: {name} comes from {library!r}; compdiff loads pipeline components "
+                             "from diffusers and transformers only")
+        try:
+            classes[name] = getattr(importlib.import_module(library), class_name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise InputError(f"{root}: cannot load {name}: {library}.{class_name} is not available ({err})") from err
+        if _has_weights(classes[name]):
+            _refuse_pickled_weights(root / name)
     components = {}
     for name in REQUIRED:
-        library, class_name = index[name]
-        try:
-            cls = getattr(importlib.import_module(library), class_name)
-        except (ImportError, AttributeError) as err:
-            raise InputError(f"{root}: cannot load {name}: {library}.{class_name} is not available ({err})") from err
+        cls = classes[name]
         kwargs = {} if name == "scheduler" else {"local_files_only": True}
+        if _has_weights(cls):
+            kwargs["use_safetensors"] = True  # never fall back to pickles
         try:
             components[name] = cls.from_pretrained(str(root / name), **kwargs)
         except OSError as err:
-            raise InputError(f"{root}: cannot load {name} ({err}); compdiff does not download models") from err
+            first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            raise InputError(f"{root}: cannot load {name} ({first}); compdiff does not download models") from err
+        except (ValueError, KeyError, TypeError) as err:
+            if isinstance(err, InputError):
+                raise
+            first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            raise InputError(f"{root / name}: cannot load {name} ({first})") from err
     return components
 
 
@@ -227,7 +267,9 @@ class DiffusersBackend:
     # ---- as compdiff.open_model sees it ---------------------------------------------------
     def opened(self, name: str) -> OpenedModel:
         return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,
-                           "stable-diffusion", name, PIPELINE_SCALE, info={"timestep_spacing": self._spacing()})
+                           "stable-diffusion", name, PIPELINE_SCALE,
+                           info={"timestep_spacing": self._spacing(), "scheduler": self.scheduler,
+                                 "run_scheduler": sample_with_scheduler})
 
     def _spacing(self) -> str:
         return self.scheduler.config.get("timestep_spacing", "leading")
@@ -259,8 +301,18 @@ class DiffusersBackend:
         return self.decode(self.sample_latents(expr, **kwargs))
 
 
+#: the pipeline classes this family opens (model_index.json "_class_name"); other families detect theirs
+SD_PIPELINES = ("StableDiffusionPipeline",)
+
+
 def _detect(path: Path) -> bool:
-    return (path / "model_index.json").is_file()
+    index = path / "model_index.json"
+    if not index.is_file():
+        return False
+    try:
+        return json.loads(index.read_text(encoding="utf-8")).get("_class_name") in SD_PIPELINES
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False  # the registry reports the folder as not a model it can open
 
 
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False) -> OpenedModel:

@@ -101,6 +101,11 @@ def detect_family(path: Path) -> str:
     for backend in BACKENDS.values():
         if backend.detect(path):
             return backend.family
+    index = path / "model_index.json"
+    if index.is_file():
+        found = read_json(index).get("_class_name", "no _class_name")
+        raise InputError(f"{path}: its model_index.json names {found}, which no compdiff backend opens "
+                         f"(families: {', '.join(BACKENDS)}; see docs/pipelines.md)")
     raise InputError(f"{path} is not a model compdiff can open: no compdiff.json (a 'compdiff train' output) "
                      f"and no model_index.json of a supported diffusers pipeline (families: {', '.join(BACKENDS)})")
 
@@ -115,8 +120,12 @@ def open_model(name_or_path: str | Path, *, device: torch.device | str = "cpu", 
     shipped = shipped_models()
     path = Path(text).expanduser()
     if not path.exists():
+        from compdiff.training.checkpoint import interrupted_dir
+
         if text in shipped:
             path = shipped[text]
+        elif interrupted_dir(path) is not None:  # a run's model/ whose replacement was killed half-way
+            path = interrupted_dir(path)
         else:
             raise InputError(f"{text!r} is neither a shipped model ({', '.join(shipped)}) nor an existing directory. "
                              "compdiff never downloads models: pass a local directory (a 'compdiff train' output, or "

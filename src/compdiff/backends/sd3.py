@@ -301,7 +301,15 @@ class FlowBackend:
 
     # ---- as compdiff.open_model sees it ----------------------------------------------------------------
     def _info(self) -> dict[str, Any]:
-        return {"timestep_spacing": self.spacing}
+        return {"timestep_spacing": self.spacing, "scheduler": self.scheduler, "run_scheduler": self.run_scheduler}
+
+    def run_scheduler(self, fn: Any, x_T: Tensor, scheduler: Any, steps: int, generator: Any = None,
+                      callback: Any = None, eta: float = 0.0) -> Tensor:
+        """``sample_with_scheduler`` for a composed velocity ``fn``, with this family's timestep options
+        (Flux: its sigmas and dynamic shift for x_T's size)."""
+        return sample_with_scheduler(fn, x_T, scheduler, steps, generator=generator, callback=callback, eta=eta,
+                                     prediction="velocity",
+                                     timestep_options=self._scheduler_options(steps, tuple(x_T.shape[1:])))
 
     def opened(self, name: str) -> OpenedModel:
         return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,

@@ -456,7 +456,8 @@ class SDXLBackend:
         return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,
                            FAMILY, name, PIPELINE_SCALE,
                            info={"timestep_spacing": self._spacing(), "height": self.height, "width": self.width,
-                                 "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt})
+                                 "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt,
+                                 "scheduler": self.scheduler, "run_scheduler": sample_with_scheduler})
 
     # ---- one-call sampling, for the CLI and scripts ------------------------------------------------------
     def sample_latents(self, expr: Expr | str, *, n: int = 1, steps: int = 30, guidance_scale: float = PIPELINE_SCALE,

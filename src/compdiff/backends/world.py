@@ -16,14 +16,15 @@ def _detect(path: Path) -> bool:
 
 
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False) -> OpenedModel:
-    from compdiff.models import load_model, recommended_sampling
+    from compdiff.models import _read_meta, load_model, recommended_sampling
 
     loaded = load_model(path, bf16=bf16)
+    training = _read_meta(path / "compdiff.json").get("training", {})
     loaded.denoiser.net.to(device)
     cfg = loaded.config
     return OpenedModel(loaded.denoiser, loaded.encoder, loaded.schedule, (3, cfg.resolution, cfg.resolution),
                        lambda x: x.clamp(-1, 1), "compdiff-world", str(path), WORLD_SCALE, clip_x0=1.0,
-                       sampling=recommended_sampling(path), task=cfg.task, info={"config": cfg})
+                       sampling=recommended_sampling(path), task=cfg.task, info={"config": cfg, "training": training})
 
 
 register_backend("compdiff-world", _detect, _open)

@@ -2,13 +2,28 @@
 from __future__ import annotations
 
 import argparse
-import shutil
+import json
+import os
 import time
 from pathlib import Path
 
+from compdiff.cli import float_in, int_in
 from compdiff.correctors import KERNELS
 from compdiff.sampling import SAMPLERS
 from compdiff.world.tasks import task_help, task_names
+
+#: option limits, checked while the arguments are parsed (also in --help); K: 1..the task's max_k
+MAX_N = 100_000
+MAX_STEPS = 1000
+MAX_SCALE = 100.0
+MAX_CORRECTOR_STEPS = 100
+MAX_SEED = 2**31 - 1
+MAX_BATCH_SIZE = 4096
+
+#: what ``compdiff eval`` writes in a report folder (fnmatch patterns; files only), and the
+#: temporary files of its atomic writes; results.json (with a compdiff spec) marks a report
+REPORT_FILES = ("results.json", "table.md", "accuracy.png", "grid_*.png", ".results.json.*.tmp",
+                ".grid_*.png.*.tmp", ".table.md.*.tmp", ".accuracy.png.*.tmp")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +35,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="example: compdiff eval --task objects --components 1,2,3,4,5 --n 256 --out reports/objects\n\n"
         "world tasks:\n" + task_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help=" | ".join(task_names()))
-    p.add_argument("--components", default="1,2,3", help="values of K, comma-separated (default 1,2,3)")
-    p.add_argument("--n", type=int, default=256, help="concept sets per K (default 256)")
+    p.add_argument("--components", default="1,2,3",
+                   help="values of K, comma-separated, each 1..the task's largest (objects 5, relations 8, "
+                   "attributes 3) (default 1,2,3)")
+    p.add_argument("--n", type=int_in(1, MAX_N), default=256, help=f"concept sets per K, 1..{MAX_N:,} (default 256)")
     p.add_argument("--not", dest="negate", action="store_true",
                    help="add one negated concept to every set (true elsewhere, false in the set's scene)")
+    p.add_argument("--sets", choices=["all", "seen", "held-out"], default="all",
+                   help="all (default); seen or held-out: only sets that ask for none, or at least one, of the "
+                        "combinations a held-out split keeps out of training (see --hold-out)")
+    p.add_argument("--hold-out", metavar="NAME", default=None,
+                   help="the split --sets refers to (default: the one the composed model was trained with, from "
+                        "its compdiff.json)")
     p.add_argument("--model", help="composed model: a directory or a shipped model's name (default: the shipped "
                    "model for --task)")
     p.add_argument("--joint-model", help="joint-conditioning baseline model directory (adds method 'joint')")
@@ -32,23 +55,108 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: composed,composed-mean and joint when --joint-model is given)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                    help="default: the composed model's recommendation (its compdiff.json 'sampling'), else ddim")
-    p.add_argument("--steps", type=int, default=None, help="default: the model's recommendation, else 50")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None,
+                   help=f"sampling steps, 1..{MAX_STEPS} (default: the model's recommendation, else 50)")
     p.add_argument("--spacing", choices=["trailing", "leading", "linspace"], default="trailing",
                    help="timestep spacing (default trailing)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0); ddim only")
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--rescale", type=float, default=0.0, help="guidance rescale phi in [0, 1] (default 0)")
+    p.add_argument("--eta", type=float_in(0, 1), default=0.0, help="DDIM eta in [0, 1] (default 0); ddim only")
+    p.add_argument("--guidance-scale", type=float_in(-MAX_SCALE, MAX_SCALE), default=3.0,
+                   help=f"|s| <= {MAX_SCALE:g} (default 3)")
+    p.add_argument("--rescale", type=float_in(0, 1), default=0.0, help="guidance rescale phi in [0, 1] (default 0)")
     p.add_argument("--negation", choices=["plain", "perp"], default="plain",
                    help="perp: project NOT terms off the positive guidance, per sample")
     p.add_argument("--correct", choices=sorted(KERNELS), default=None, help="MCMC corrector (default off)")
-    p.add_argument("--corrector-steps", type=int, default=2, help="corrector steps per corrected level")
-    p.add_argument("--seed", type=int, default=7, help="concept sets and noise (default 7)")
-    p.add_argument("--batch-size", type=int, default=64, help="sets sampled together (default 64)")
+    p.add_argument("--corrector-steps", type=int_in(1, MAX_CORRECTOR_STEPS), default=2,
+                   help=f"corrector steps per corrected level, 1..{MAX_CORRECTOR_STEPS} (default 2)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=7,
+                   help=f"concept sets and noise, 0..{MAX_SEED} (default 7)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=64,
+                   help=f"sets sampled together, 1..{MAX_BATCH_SIZE} (default 64)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the models")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--overwrite", action="store_true", help="discard an earlier evaluation in --out")
+    p.add_argument("--out", required=True,
+                   help="report folder: new or empty, or an earlier report of compdiff eval (resumed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard an earlier evaluation in --out; deletes only the files compdiff eval wrote there, "
+                   "and refuses a folder that holds anything else")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def _hold_out(args: argparse.Namespace, composed) -> str | None:  # noqa: ANN001
+    """The split of --sets: --hold-out, else the composed model's own (compdiff.json "training"/"hold_out")."""
+    from compdiff.cli import UsageError
+    from compdiff.world.holdout import get_split
+
+    name = args.hold_out
+    if name is None:
+        name = (composed.info.get("training", {}).get("hold_out") or {}).get("name")
+    if name is not None:
+        get_split(args.task, name)  # an unknown name: InputError listing the task's splits
+    if args.sets != "all" and name is None:
+        raise UsageError(f"--sets {args.sets} needs a held-out split: --hold-out NAME, or a model trained with one")
+    return name
+
+
+def _components(text: str, task) -> tuple[int, ...]:  # noqa: ANN001
+    from compdiff.cli import UsageError
+
+    try:
+        ks = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        raise UsageError(f"--components must be comma-separated integers, got {text!r}") from None
+    bad = [k for k in ks if not 1 <= k <= task.max_k]
+    if bad:
+        raise UsageError(f"--components: K must be in 1..{task.max_k} for task {task.name} (the largest concept "
+                         f"set its scenes hold), got {', '.join(map(str, bad))}")
+    return tuple(ks)
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a results.json written by compdiff eval."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    spec = data.get("spec") if isinstance(data, dict) else None
+    return isinstance(spec, dict) and isinstance(spec.get("task"), str) and isinstance(data.get("cells"), dict) \
+        and isinstance(spec.get("methods"), list) and isinstance(spec.get("components"), list)
+
+
+def _check_out(out: Path, overwrite: bool) -> bool:
+    """Whether --out holds an earlier report to delete first (--overwrite). Refuses (UsageError) a path
+    that is not a folder, a non-empty folder that is not a report, and --overwrite of a report folder
+    holding files compdiff eval did not write. Writes nothing."""
+    import fnmatch
+
+    from compdiff.cli import UsageError
+    from compdiff.training.checkpoint import describe
+
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if not out.exists():
+        return False
+    entries = sorted(os.scandir(out), key=lambda e: e.name)
+    if not entries:
+        return False
+    # before its first results.json, an evaluation has written grids (and temporary files) only
+    early = all(not e.is_symlink() and e.is_file() and any(fnmatch.fnmatchcase(e.name, p) for p in REPORT_FILES
+                                                           if p.startswith(("grid_", ".")))
+                for e in entries)
+    if not early and not _is_report(out / "results.json"):
+        why = "its results.json is not one" if (out / "results.json").exists() else "no results.json"
+        names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+        raise UsageError(f"--out {out} is not empty and holds no compdiff evaluation ({why}): it holds "
+                         f"{describe(names)}. compdiff eval writes a report only into a new or empty folder or "
+                         "resumes its own, and never deletes what it did not write: choose another --out")
+    if not overwrite:
+        return False  # resume
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
+               if e.is_symlink() or not e.is_file() or not any(fnmatch.fnmatchcase(e.name, p) for p in REPORT_FILES)]
+    if foreign:
+        raise UsageError(f"--overwrite: the report folder {out} also holds files compdiff eval did not write "
+                         f"({describe(foreign)}); compdiff deletes only what it wrote: move them away or choose "
+                         "another --out")
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,14 +164,13 @@ def run(args: argparse.Namespace) -> int:
     from compdiff.cli import UsageError
     from compdiff.cli.sample import sampler_kwargs
     from compdiff.eval.composition import EvalSpec, Method, run_eval
-    from compdiff.eval.judge import load_judge
+    from compdiff.eval.judge import WEIGHTS_ROOT, load_judge
+    from compdiff.training.checkpoint import clear_folder
     from compdiff.world import get_task
 
+    # everything is checked before anything is written (the report folder is made by run_eval)
     task = get_task(args.task)
-    try:
-        ks = tuple(sorted({int(k) for k in args.components.split(",")}))
-    except ValueError:
-        raise UsageError(f"--components must be comma-separated integers, got {args.components!r}") from None
+    ks = _components(args.components, task)
     methods = tuple(args.methods.split(",")) if args.methods else (
         ("composed", "composed-mean") + (("joint",) if args.joint_model else ()))
     unknown = set(methods) - {"composed", "composed-mean", "joint"}
@@ -73,27 +180,25 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("method 'joint' needs --joint-model DIR")
     if "joint" in methods and args.negate:
         raise UsageError("--not cannot be measured for 'joint': a joint-conditioning model has no NOT")
-    if args.n < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
-        raise UsageError("--n, --batch-size and --steps must be >= 1")
+    out = Path(args.out)
+    clear = _check_out(out, args.overwrite)
     composed = open_model(args.model or task.name, bf16=args.bf16)
     if composed.task != task.name:
         raise UsageError(f"--model {composed.name} is a {composed.task or composed.family!r} model, not {task.name!r}")
     sampler = args.sampler or composed.sampling.get("sampler", "ddim")
     sampler_kwargs(sampler, args.eta)  # a non-zero eta for a sampler without one is a usage error
+    hold_out = _hold_out(args, composed)
     spec = EvalSpec(task=task.name, components=ks, n=args.n, negate=args.negate, sampler=sampler,
                     steps=args.steps or int(composed.sampling.get("steps", 50)), spacing=args.spacing,
                     guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, methods=methods,
                     negation=args.negation, correct=args.correct, corrector_steps=args.corrector_steps, eta=args.eta,
-                    rescale=args.rescale)
+                    rescale=args.rescale, sets=args.sets, hold_out=hold_out)
     spec.corrector()  # bad corrector options fail before any work
-    out = Path(args.out)
-    if args.overwrite and out.exists():
-        shutil.rmtree(out)
     built = {}
     for name in methods:
         if name == "joint":
             j = open_model(args.joint_model, bf16=args.bf16)
-            if j.task != task.name or not j.info["config"].joint:
+            if j.task != task.name or "config" not in j.info or not j.info["config"].joint:
                 raise UsageError(f"--joint-model {args.joint_model} is not a joint-conditioning model of the "
                                  f"{task.name} task")
             built[name] = Method(name, j.denoiser, j.encoder, "sum", True, j.schedule, {"model": args.joint_model})
@@ -102,7 +207,14 @@ def run(args: argparse.Namespace) -> int:
             built[name] = Method(name, composed.denoiser, composed.encoder, mode, False, composed.schedule,
                                  {"model": args.model or "shipped"})
     resolution = composed.latent_shape[-1]
+    judges = sorted(int(p.parent.name[5:]) for p in WEIGHTS_ROOT.glob("judge*/config.json")
+                    if p.parent.name[5:].isdigit())
+    if resolution not in judges:
+        raise UsageError(f"--model {composed.name} makes {resolution}x{resolution} images; the judge reads "
+                         f"{', '.join(f'{r}x{r}' for r in judges) or 'no resolution'} only")
     judge = load_judge(resolution)
+    if clear:
+        clear_folder(out)  # _check_out found only what compdiff eval wrote
     t0 = time.perf_counter()
     results = run_eval(spec, built, judge, out, resolution, progress=not args.no_progress)
     print((out / "table.md").read_text())

@@ -2,7 +2,8 @@
 
 Pure text work (no model, no torch): parse, print the tree, print the flat
 terms with their effective weights under the two compose rules; with OR, one
-terms table per AND clause, with its mixture probability pi.
+terms table per AND clause, with its mixture probability pi. The whole output
+is computed before anything is printed: an error prints nothing but itself.
 """
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import argparse
 import math
 import textwrap
 
-from compdiff.cli import UsageError
+from compdiff.cli import UsageError, float_in, int_in
 from compdiff.compose import effective_weights
 from compdiff.expr import DEFAULT_MAX_CONCEPTS, Or, parse, quote
+
+MAX_SCALE = 100.0  # |--guidance-scale|, as in compdiff sample
+MAX_CONCEPTS = 10_000  # --max-concepts
 
 DESCRIPTION = """\
 Parse a concept expression and show how it would be composed: the tree, then
@@ -22,12 +26,19 @@ groups, negated by NOT, repeats merged by adding) and its effective weight.
 Grammar: concepts in double quotes ("a red cube") or as bare words (a red
 cube); operators AND, NOT, OR (upper case) and parentheses; a weight :1.5
 right after a quoted concept or ')', or after bare words with a space before
-the colon (castle :1.2).
+the colon (castle :1.2). A weight is a finite number with |w| <= 1e6
+(weights multiplied through nested groups must stay finite); control
+characters are refused.
 
-OR is a mixture: the expression is expanded into AND clauses, and each image
-follows one clause, drawn with probability pi proportional to the clause's
-weight (a weight on an operand of OR, "a":3 OR "b", is its mixture weight:
-pi = 3/4, 1/4). explain prints pi and the terms table of each clause.
+OR is a mixture: the expression is expanded into AND clauses (AND
+distributes over OR: ("a" OR "b") AND "c" is ("a" AND "c") OR ("b" AND "c")),
+and each image follows one clause, drawn with probability pi. A weight on an
+operand of OR is its mixture weight, not a guidance weight: "a":3 OR "b" gives
+pi = 3/4, 1/4 (operands without a weight count 1; mixture weights must be >= 0,
+not all 0); nested OR is a mixture of mixtures (a OR (b OR c): 1/2, 1/4, 1/4).
+Under AND, pi ignores the clauses' normalising constants (an approximation;
+explain says so). NOT of an expression with OR is an error. explain prints pi
+and the terms table of each clause.
 
 The two composition rules (--mode), with guidance scale s:
   sum   the paper's equation (Liu et al. 2022):
@@ -58,8 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="the expression; quote it for the shell, e.g. '\"a\" AND NOT \"b\"'",
     )
     p.add_argument(
-        "--guidance-scale", type=float, default=1.0, metavar="S",
-        help="guidance scale s that multiplies every weight (default: 1.0 here, "
+        "--guidance-scale", type=float_in(-MAX_SCALE, MAX_SCALE), default=1.0, metavar="S",
+        help="guidance scale s that multiplies every weight, |s| <= 100 (default: 1.0 here, "
         "so effective weights equal the expression's own)",
     )
     p.add_argument(
@@ -68,8 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the number of positive terms)",
     )
     p.add_argument(
-        "--max-concepts", type=int, default=DEFAULT_MAX_CONCEPTS, metavar="N",
-        help=f"most concepts an expression may hold (default: {DEFAULT_MAX_CONCEPTS})",
+        "--max-concepts", type=int_in(1, MAX_CONCEPTS), default=DEFAULT_MAX_CONCEPTS, metavar="N",
+        help=f"most concepts an expression may hold, 1..{MAX_CONCEPTS} (default: {DEFAULT_MAX_CONCEPTS})",
     )
     p.set_defaults(func=run)
     return p
@@ -80,16 +91,25 @@ def _num(x: float) -> str:
     return s if any(c in s for c in ".en") else s + ".0"
 
 
-def _terms_table(terms: list, args: argparse.Namespace) -> None:
+def _terms_table(terms: list, args: argparse.Namespace) -> list[str]:
     effective = effective_weights(terms, args.guidance_scale, args.mode)
+    for t, e in zip(terms, effective):
+        if not math.isfinite(e):
+            raise UsageError(f"the effective weight of {_short(quote(t.concept))} overflows: weight "
+                             f"{_num(t.weight)} x --guidance-scale {_num(args.guidance_scale)}; use smaller weights")
     rule = "w * s" if args.mode == "sum" else "w * s / P"
-    print(f"terms (mode {args.mode}, guidance scale s = {_num(args.guidance_scale)}, "
-          f"effective = {rule}):")
+    out = [f"terms (mode {args.mode}, guidance scale s = {_num(args.guidance_scale)}, effective = {rule}):"]
     rows = [("concept", "weight", "effective")]
     rows += [(quote(t.concept), _num(t.weight), _num(e)) for t, e in zip(terms, effective)]
     widths = [max(len(r[k]) for r in rows) for k in range(3)]
-    for r in rows:
-        print(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}")
+    out += [f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
+    return out
+
+
+def _short(text: str) -> str:
+    from compdiff.expr.display import excerpt
+
+    return excerpt(text, 60)
 
 
 def _top_level_or(expr) -> bool:
@@ -98,31 +118,31 @@ def _top_level_or(expr) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not math.isfinite(args.guidance_scale):
-        raise UsageError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
-    if args.max_concepts < 1:
-        raise UsageError(f"--max-concepts must be at least 1, got {args.max_concepts}")
-    expr = parse(args.expr, max_concepts=args.max_concepts)  # ParseError -> exit 2
+    print("\n".join(explain_lines(args)))
+    return 0
 
-    print(f"expression: {expr}")
-    print("tree:")
-    print(textwrap.indent(expr.pretty(), "  "))
+
+def explain_lines(args: argparse.Namespace) -> list[str]:
+    """Everything explain prints, computed whole (so an error prints nothing else)."""
+    expr = parse(args.expr, max_concepts=args.max_concepts)  # ParseError -> exit 2
     clauses = expr.clauses()  # NOT of an OR etc. -> InputError, exit 2
+    out = [f"expression: {expr}", "tree:", textwrap.indent(expr.pretty(), "  ")]
     for i, clause in enumerate(clauses):
         if len(clauses) > 1:
-            print(f"clause {i + 1} of {len(clauses)}, pi = {clause.weight:.6g}:")
-        _terms_table(list(clause.terms), args)
+            out.append(f"clause {i + 1} of {len(clauses)}, pi = {clause.weight:.6g}:")
+        out += _terms_table(list(clause.terms), args)
     if len(clauses) > 1:
-        print("note: OR is a mixture; each image follows one clause, drawn with probability pi"
-              + ("; pi ignores the clauses' normalising constants (OR under AND)" if not _top_level_or(expr) else ""))
-        return 0
+        out.append("note: OR is a mixture; each image follows one clause, drawn with probability pi"
+                   + ("; pi ignores the clauses' normalising constants (OR under AND)"
+                      if not _top_level_or(expr) else ""))
+        return out
     terms = list(clauses[0].terms)
     positives = sum(1 for t in terms if t.weight > 0)
     if args.mode == "mean":
         note = f"P = {positives}" if positives else "P = 0: no division"
-        print(f"note: {note} (terms with a positive weight)")
+        out.append(f"note: {note} (terms with a positive weight)")
     if len(expr.leaves()) > len(terms):
-        print("note: repeated concepts were merged by adding their weights")
+        out.append("note: repeated concepts were merged by adding their weights")
     if any(t.weight == 0 for t in terms):
-        print("note: a weight of 0 means the concept has no effect")
-    return 0
+        out.append("note: a weight of 0 means the concept has no effect")
+    return out

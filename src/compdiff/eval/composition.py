@@ -38,6 +38,7 @@ from compdiff.sampling import generators, get_sampler, randn, sampler_options
 from compdiff.schedule import Schedule
 from compdiff.world import get_task, render, to_uint8
 from compdiff.world.grid import make_grid
+from compdiff.world.holdout import get_split
 from compdiff.world.tasks import Task
 
 
@@ -60,6 +61,8 @@ class EvalSpec:
     methods: tuple[str, ...] = ("composed",)
     eta: float = 0.0  # samplers with an eta option (ddim)
     rescale: float = 0.0  # guidance rescale (compose's option)
+    sets: str = "all"  # "seen" | "held-out": only sets of seen / held-out combinations of ``hold_out``
+    hold_out: str | None = None  # the held-out split (compdiff.world.holdout) the sets refer to
 
     def corrector(self) -> Corrector | None:
         """The corrector of this evaluation: ``correct`` with ``corrector_steps`` and the default range."""
@@ -124,7 +127,7 @@ def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tenso
 def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str | Path,
              resolution: int, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation into ``out``; returns the results dict."""
-    from compdiff.cli.progress import progress_bar
+    from compdiff.progress import progress_bar
 
     task = get_task(spec.task)
     out = Path(out)
@@ -151,7 +154,8 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         names = [name for kk, name in todo if kk == k]
         if not names:
             continue
-        sets = concept_sets(task, k, spec.n, spec.seed, spec.negate)
+        split = get_split(task.name, spec.hold_out) if spec.hold_out else None
+        sets = concept_sets(task, k, spec.n, spec.seed, spec.negate, spec.sets, split)
         real = render([s.scene for s in sets], resolution)
         other = render([s.scene for s in concept_sets(task, k, spec.n, spec.seed + 1, spec.negate)], resolution)
         f_real = judge_features(real, judge)
@@ -187,7 +191,9 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
     spec = results["spec"]
     neg = " + 1 NOT" if spec["negate"] else ""
     lines = [f"Task `{spec['task']}`, n = {spec['n']} sets per cell, {spec['sampler']} {spec['steps']} steps, "
-             f"guidance scale {spec['guidance_scale']}. Accuracy = all concepts of the set hold (judge).", "",
+             f"guidance scale {spec['guidance_scale']}"
+             + (f"; {spec['sets']} sets of the held-out split {spec['hold_out']!r}" if spec.get("sets", "all") != "all"
+                else "") + ". Accuracy = all concepts of the set hold (judge).", "",
              "| method | " + " | ".join(f"K={k}{neg}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for name in names:
         row = [f"{cells[f'{name}/K{k}']['accuracy'] * 100:.1f}%" if f"{name}/K{k}" in cells else "" for k in ks]

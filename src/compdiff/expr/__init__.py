@@ -16,7 +16,8 @@ Precedence, tightest first: weight (postfix) > NOT > AND > OR. So
 ``("a" AND "b") OR "c"``. ``NOT NOT "a"`` is allowed (double negation).
 
 Concepts
-    *Quoted*: ``"a red cube"``; any character, ``\\"`` is a quote and ``\\\\``
+    *Quoted*: ``"a red cube"``; any character but the control characters
+    below, ``\\"`` is a quote and ``\\\\``
     a backslash (a backslash before any other character is kept as it is).
     *Bare*: a run of words made of letters (any script), digits, ``_``,
     ``,``, ``.``, ``-``, separated by whitespace and ending at a keyword, a
@@ -24,7 +25,9 @@ Concepts
     character in bare text is an error that says to quote the concept.
     Concept text is normalised (whitespace runs collapse to one space, ends
     stripped), quoted or not; that normalised text is the concept's identity,
-    so ``"a  red cube"`` and ``a red cube`` are the same concept.
+    so ``"a  red cube"`` and ``a red cube`` are the same concept. Control
+    characters (other than whitespace) and lone surrogates (bytes that were not
+    UTF-8) are errors anywhere, quoted or not.
 
 Keywords
     ``AND``, ``NOT``, ``OR``: upper case, whole words only. ``ANDROID`` and
@@ -33,12 +36,21 @@ Keywords
 
 Weights
     ``:1.5`` (signed, optional exponent: ``:-0.5``, ``:+2``, ``:.5``,
-    ``:1e-3``; finite) directly after a quoted concept or a ``)``, with or
+    ``:1e-3``; finite, ``|w| <= MAX_WEIGHT`` = 1e6, also for nodes built in
+    Python) directly after a quoted concept or a ``)``, with or
     without whitespace before the colon. After *bare* text the weight must be
     separated by whitespace (``castle :1.2``): a colon glued to bare text
     (``castle:1.2``, ``a photo 16:9``) is an error, never a weight, because
     silently reading ``16:9`` as "a photo 16" with weight 9 is exactly the
     misparse other prompt syntaxes make.
+
+Errors
+    ``parse`` raises ``ParseError`` (only that, for any string): three lines,
+    the complete message first (``dangling AND at column 9: expected a concept
+    after it``), then a window of at most 72 characters of the text (``...``
+    where cut; non-printable characters escaped, e.g. ``\\x1b``) and a caret
+    under the bad character. Messages echo user text only escaped and capped
+    (``compdiff.expr.display``), so no input reaches a terminal raw.
 
 Tree
 ----
@@ -99,8 +111,8 @@ probability pi (the clauses' pi sum to 1). Rules:
   ``MAX_CLAUSES`` clauses (the expansion is exponential in nested ORs).
 """
 from compdiff.expr.parser import parse
-from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_CLAUSES, MAX_DEPTH, And, Clause, Concept, Expr,
-                                Not, Or, Term, normalize_text, quote, weighted)
+from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_CLAUSES, MAX_DEPTH, MAX_WEIGHT, And, Clause,
+                                Concept, Expr, Not, Or, Term, normalize_text, quote, weighted)
 
-__all__ = ["DEFAULT_MAX_CONCEPTS", "KEYWORDS", "MAX_DEPTH", "MAX_CLAUSES", "And", "Clause", "Concept", "Expr", "Not",
-           "Or", "Term", "normalize_text", "parse", "quote", "weighted"]
+__all__ = ["DEFAULT_MAX_CONCEPTS", "KEYWORDS", "MAX_DEPTH", "MAX_CLAUSES", "MAX_WEIGHT", "And", "Clause", "Concept",
+           "Expr", "Not", "Or", "Term", "normalize_text", "parse", "quote", "weighted"]

@@ -8,36 +8,34 @@ from dataclasses import replace
 from typing import Iterator, NamedTuple
 
 from compdiff.errors import InputError, ParseError
-from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_DEPTH, And, Concept, Expr, Not, Or,
-                                normalize_text, quote, weighted)
+from compdiff.expr.display import caret_lines, escape, excerpt
+from compdiff.expr.display import forbidden_char as _forbidden
+from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_DEPTH, MAX_WEIGHT, And, Concept, Expr, Not,
+                                Or, normalize_text, quote, weighted)
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BARE_PUNCT = "_,.-"
+_MAX_W = f"{MAX_WEIGHT:g}".replace("e+0", "e").replace("e+", "e")  # 1e6
 _STOP = '()":'  # characters that end a bare word (besides whitespace)
 
 # --------------------------------------------------------------------------
 # errors with a caret
 
 
-def _width(ch: str) -> int:
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
-
-
-def _caret(text: str, pos: int, span: int = 72) -> str:
-    """Two lines: (a window of) ``text`` and a caret under index ``pos``."""
-    start = 0 if len(text) <= span else max(0, min(pos - span // 2, len(text) - span))
-    end = min(len(text), start + span)
-    shown = "".join(c if c.isprintable() else " " for c in text[start:end])
-    head = "..." if start > 0 else ""
-    tail = "..." if end < len(text) else ""
-    offset = len(head) + sum(_width(c) for c in shown[: pos - start])
-    return f"  {head}{shown}{tail}\n  {' ' * offset}^"
-
-
 def _error(text: str, pos: int, what: str, hint: str) -> ParseError:
-    return ParseError(f"{what} at column {pos + 1}: {hint}\n{_caret(text, pos)}")
+    """Three lines: the complete message (what, column, hint), then the text and a caret.
+    ``what`` and ``hint`` must show user text only through ``excerpt``."""
+    return ParseError(f"{what} at column {pos + 1}: {hint}\n{caret_lines(text, pos)}")
+
+
+def _forbidden_error(text: str, k: int) -> ParseError:
+    ch = text[k]
+    if "\udc80" <= ch <= "\udcff":  # a byte that was not UTF-8, as Python decodes argv
+        return _error(text, k, f"invalid byte \\x{ord(ch) - 0xdc00:02x}", "the text is not valid UTF-8")
+    if "\ud800" <= ch <= "\udfff":
+        return _error(text, k, f"lone surrogate {escape(ch)}", "the text is not valid Unicode")
+    return _error(text, k, f"control character {escape(ch)}",
+                  "concepts cannot hold control characters; remove it")
 
 
 # --------------------------------------------------------------------------
@@ -120,6 +118,8 @@ def _lex_quoted(text: str, i: int) -> _Tok:
             buf.append(text[j + 1])
             j += 2
             continue
+        if _forbidden(c):
+            raise _forbidden_error(text, j)
         if c == '"':
             content = normalize_text("".join(buf))
             if not content:
@@ -141,18 +141,25 @@ def _lex_weight(text: str, i: int) -> _Tok:
     if not raw:
         raise _error(text, i, "weight with no number",
                      "expected a number right after ':' (no space), e.g. \"a\":1.5")
+    shown = excerpt(raw, 40)
     if _NUMBER.fullmatch(raw):
         w = float(raw)
         if math.isfinite(w):
+            if abs(w) > MAX_WEIGHT:
+                raise _error(text, i + 1, f"weight ':{shown}' is out of range",
+                             f"a weight must lie in [-{_MAX_W}, {_MAX_W}]")
             return _Tok("weight", i, j, w)
     elif raw.lower().lstrip("+-") not in ("inf", "infinity", "nan"):
+        for k in range(i + 1, j):
+            if _forbidden(text[k]):
+                raise _forbidden_error(text, k)
         raise _error(
-            text, i + 1, f"weight ':{raw}' is not a number",
+            text, i + 1, f"weight ':{shown}' is not a number",
             "write a number like :1.5, :-0.5 or :1e-3 (if ':' belongs to the "
             "concept, put the concept in double quotes)",
         )
-    raise _error(text, i + 1, f"non-finite weight ':{raw}'",
-                 "a weight must be a finite number")
+    raise _error(text, i + 1, f"non-finite weight ':{shown}'",
+                 f"a weight must be a finite number in [-{_MAX_W}, {_MAX_W}]")
 
 
 def _check_word(text: str, i: int, j: int, run_start: int) -> None:
@@ -160,12 +167,14 @@ def _check_word(text: str, i: int, j: int, run_start: int) -> None:
     core = word.strip(_BARE_PUNCT)
     if core in KEYWORDS:
         raise _error(
-            text, i, f"'{word}' is the keyword {core} glued to punctuation",
+            text, i, f"'{excerpt(word, 40)}' is the keyword {core} glued to punctuation",
             f"put spaces around {core}, or quote the concept",
         )
     for k in range(i, j):
+        if _forbidden(text[k]):
+            raise _forbidden_error(text, k)
         if not _bare_ok(text[k]):
-            example = quote(_bare_run(text, run_start))
+            example = excerpt(quote(_bare_run(text, run_start)), 60)
             raise _error(
                 text, k, f"character {text[k]!r} in unquoted text",
                 "unquoted concepts may only hold letters, digits, spaces and "
@@ -174,11 +183,11 @@ def _check_word(text: str, i: int, j: int, run_start: int) -> None:
 
 
 def _glued_colon(text: str, i: int, run_start: int) -> ParseError:
-    before = normalize_text(text[run_start:i])
-    after = text[i + 1:_word_end(text, i + 1)]
+    before = excerpt(normalize_text(text[run_start:i]), 40)
+    after = excerpt(text[i + 1:_word_end(text, i + 1)], 20)
     return _error(
         text, i, "':' glued to unquoted text",
-        f"quote the concept ({quote(_bare_run(text, run_start))}), or put a "
+        f"quote the concept ({excerpt(quote(_bare_run(text, run_start)), 60)}), or put a "
         f"space before a weight ({before} :{after})",
     )
 

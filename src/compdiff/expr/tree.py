@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from compdiff.errors import InputError
+from compdiff.expr.display import escape, excerpt, forbidden_char
 
 KEYWORDS = ("AND", "NOT", "OR")
 #: most parentheses + NOTs enclosing any concept (guards the recursion)
@@ -13,7 +14,11 @@ MAX_DEPTH = 100
 DEFAULT_MAX_CONCEPTS = 32
 #: most clauses the disjunctive normal form of one expression may have
 MAX_CLAUSES = 256
-
+#: largest |weight| of one concept or group (the parser and the nodes refuse more); products
+#: through nested groups can still exceed it and are checked when terms are merged
+MAX_WEIGHT = 1e6
+#: characters of an expression an error message echoes
+_SHOWN = 100
 
 
 class Term(NamedTuple):
@@ -142,7 +147,7 @@ def _merge(leaves: list[Term]) -> list[Term]:
             w = math.inf
         if not math.isfinite(w):
             raise InputError(
-                f"the weights of concept {quote(text)} multiply out to a "
+                f"the weights of concept {excerpt(quote(text), 60)} multiply out to a "
                 "non-finite value; use smaller weights"
             )
         out.append(Term(text, w + 0.0))  # + 0.0 turns -0.0 into 0.0
@@ -162,7 +167,7 @@ def _dnf(e: Expr, factor: float, operand_of_or: bool, max_clauses: int) -> list[
     if isinstance(e, Not):
         if e.child.has_or():
             raise InputError(
-                f"NOT of an expression with OR is not defined: {e}; put NOT on "
+                f"NOT of an expression with OR is not defined: {excerpt(str(e), _SHOWN)}; put NOT on "
                 "each concept instead, e.g. NOT \"a\" AND NOT \"b\""
             )
         return [(1.0, [Term(t, -factor * w) for t, w in e.child.leaves()])]
@@ -180,9 +185,9 @@ def _dnf(e: Expr, factor: float, operand_of_or: bool, max_clauses: int) -> list[
     if any(m < 0 for m in mix) or not any(m > 0 for m in mix):
         raise InputError(
             f"the weights on the operands of OR are mixture weights and must be "
-            f">= 0, not all 0; got {mix} in {e}"
+            f">= 0, not all 0; got {excerpt(str(mix), 60)} in {excerpt(str(e), _SHOWN)}"
         )
-    total = math.fsum(mix)
+    total = math.fsum(mix)  # finite: every weight is at most MAX_WEIGHT
     out = []
     for c, m in zip(e.children, mix):
         if m == 0:
@@ -195,7 +200,7 @@ def _dnf(e: Expr, factor: float, operand_of_or: bool, max_clauses: int) -> list[
 
 def _too_many(e: Expr, max_clauses: int) -> InputError:
     return InputError(
-        f"{e} expands to more than {max_clauses} AND clauses (disjunctive normal "
+        f"{excerpt(str(e), _SHOWN)} expands to more than {max_clauses} AND clauses (disjunctive normal "
         "form); simplify it or raise max_clauses"
     )
 
@@ -206,6 +211,8 @@ def _check_weight(weight: object) -> float:
     w = float(weight)
     if not math.isfinite(w):
         raise InputError(f"a weight must be finite, got {w}")
+    if abs(w) > MAX_WEIGHT:
+        raise InputError(f"a weight must lie in [-{MAX_WEIGHT:.0f}, {MAX_WEIGHT:.0f}], got {w!r}")
     return w
 
 
@@ -222,6 +229,9 @@ class Concept(Expr):
         text = normalize_text(self.text)
         if not text:
             raise InputError("a concept's text is empty")
+        bad = next((c for c in text if forbidden_char(c)), None)
+        if bad is not None:
+            raise InputError(f"a concept's text cannot hold the control character {escape(bad)}")
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "weight", _check_weight(self.weight))
 

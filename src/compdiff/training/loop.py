@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -17,18 +18,36 @@ from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
+from compdiff.atomic import write_json
+from compdiff.progress import progress_bar
 from compdiff.errors import InputError
 from compdiff.models import save_model
 from compdiff.schedule import make_schedule
 from compdiff.training.loss import DiffusionLoss
 from compdiff.nn import ConditionalUNet, ModelConfig
-from compdiff.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from compdiff.training.checkpoint import (CKPT_DIR, RUN_LAYOUT, clear_folder, describe, latest_checkpoint,
+                                         load_checkpoint, recover_dir, replace_dir, save_checkpoint, tmp_dir_for,
+                                         unknown_entries)
 from compdiff.world import WorldDataset, get_task
 from compdiff.world.dataset import check_max_objects
+from compdiff.world.holdout import get_split
 
 RUN_FILE = "run.json"
+
+#: the accepted range of each numeric option ``compdiff train --help`` states (name: (lowest, highest)).
+#: Integers unless noted; lr and ema_decay are real numbers, checked finite.
+LIMITS: dict[str, tuple[float, float]] = {
+    "resolution": (8, 512), "steps": (1, 10_000_000), "batch_size": (1, 4096), "warmup": (0, 10_000_000),
+    "seed": (0, 2**31 - 1), "layers_per_block": (1, 8), "data_workers": (0, 64),
+    "checkpoint_every": (1, 10_000_000), "log_every": (1, 10_000_000), "snapshot_every": (0, 10_000_000),
+}
+MAX_LR = 1.0
+#: where training scenes come from; "torch" covers the built-in tasks (world/batch.py)
+SCENES = ("python", "torch")
+TORCH_TASKS = ("objects", "relations", "attributes")
+#: UNet block widths: 1 to MAX_LEVELS blocks, each a multiple of 8 (the group norm's 8 groups) up to MAX_WIDTH
+MAX_LEVELS, MAX_WIDTH = 6, 1024
 
 
 class TrainResult(NamedTuple):
@@ -64,6 +83,9 @@ class TrainConfig:
     cross_attention: bool = False  # token tasks: cross-attention to the condition's tokens
     max_objects: int | None = None  # cap on objects per training scene (None: the task's own)
     data_workers: int = 0  # > 0: render the coming batches in this many worker processes (same batches)
+    hold_out: str | None = None  # a held-out split of the task (compdiff.world.holdout): never in training
+    joint_subsets: bool = False  # joint baseline: label = a random non-empty subset of the true set
+    scenes: str = "python"  # "torch": scenes, labels and renders drawn on the training device (world/batch.py)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
@@ -72,22 +94,68 @@ class TrainConfig:
                            cross_attention=self.cross_attention, **get_task(self.task).condition_spec())
 
     def validate(self) -> None:
-        if self.cross_attention and get_task(self.task).condition_spec()["cond_kind"] != "tokens":
+        """Every setting in range, and the model buildable: InputError naming the flag, before any file is written."""
+        task = get_task(self.task)
+        for name, (lo, hi) in LIMITS.items():
+            _check_int(name, getattr(self, name), lo, hi)
+        _check_real("lr", self.lr, 0.0, MAX_LR, lo_open=True)
+        _check_real("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        _check_real("null_prob", self.null_prob, 0.0, 1.0, hi_open=True)
+        _check_real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_real("weight_decay", self.weight_decay, 0.0, 1.0)
+        channels = tuple(self.channels)
+        if not 1 <= len(channels) <= MAX_LEVELS or any(
+                isinstance(c, bool) or not isinstance(c, int) or not 8 <= c <= MAX_WIDTH or c % 8 for c in channels):
+            raise InputError(f"--channels must be 1 to {MAX_LEVELS} comma-separated block widths, each a multiple "
+                             f"of 8 from 8 to {MAX_WIDTH} (the UNet's group norm has 8 groups), "
+                             f"got {','.join(map(str, channels))}")
+        if self.cross_attention and task.condition_spec()["cond_kind"] != "tokens":
             raise InputError(f"--cross-attention needs a token task (relations, attributes), not {self.task}")
-        check_max_objects(get_task(self.task), self.max_objects)
-        levels = len(self.channels) - 1
-        if self.resolution < 8 or self.resolution % (2**levels):
+        try:
+            check_max_objects(task, self.max_objects)
+        except InputError as err:
+            raise InputError(f"--max-objects: {err}") from None
+        levels = len(channels) - 1
+        if self.resolution % (2**levels):
             raise InputError(f"--resolution {self.resolution} cannot go through a UNet with {levels} "
                              f"down-samplings: use a multiple of {2**levels} (e.g. 32 or 64)")
-        if self.data_workers < 0:
-            raise InputError(f"--data-workers must be >= 0, got {self.data_workers}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.hold_out is not None:
+            get_split(self.task, self.hold_out)
+        if self.joint_subsets and not self.joint:
+            raise InputError("--joint-subsets applies to the joint baseline (--joint) only")
+        if self.scenes not in SCENES:
+            raise InputError(f"--scenes must be one of {', '.join(SCENES)}, got {self.scenes!r}")
+        if self.scenes == "torch" and (self.joint or self.data_workers or task.name not in TORCH_TASKS):
+            raise InputError("--scenes torch draws one concept per image of a built-in task in the training "
+                             "process: not with --joint, --data-workers or a task of your own (use --scenes python)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if not 0.0 <= self.null_prob < 1.0:
-            raise InputError(f"--null-prob must be in [0, 1), got {self.null_prob}")
+        make_schedule(self.schedule)
+        try:  # the shapes only: no memory, no time
+            with torch.device("meta"):
+                ConditionalUNet(self.model_config())
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the UNet's constructor refuses
+            raise InputError(f"this model cannot be built ({type(err).__name__}: {err}); check --channels, "
+                             "--layers-per-block and --resolution") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_int(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InputError(f"{_flag(name)} must be >= {lo:,} and <= {hi:,} (an integer), got {value!r}")
+
+
+def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise InputError(f"{_flag(name)} must be {'>' if lo_open else '>='} {lo:g} and {'<' if hi_open else '<='} "
+                         f"{hi:g} (a finite number), got {value!r}")
 
 
 def cpu_has_bf16() -> bool:
@@ -121,14 +189,28 @@ class _Stop:
             signal.signal(s, h)
 
 
+def _read_run_file(run_file: Path) -> dict[str, Any] | None:
+    """run.json as written by ``compdiff train``, or None when it is not one."""
+    try:
+        data = json.loads(run_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("task"), str) and "steps" in data else None
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run needs --resume (same config) or --overwrite."""
+    """Refuse to mix runs: an existing run needs --resume (same config) or --overwrite; a folder that
+    is not a run (or a run holding files compdiff did not write) is never replaced. Writes nothing."""
     out = Path(cfg.out)
     run_file = out / RUN_FILE
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
     if resume:
         if not run_file.is_file():
             raise InputError(f"--resume: {out} holds no run to resume (no {RUN_FILE})")
-        old = json.loads(run_file.read_text())
+        old = _read_run_file(run_file)
+        if old is None:
+            raise InputError(f"--resume: {run_file} is not a compdiff run file (not the JSON 'compdiff train' writes)")
         mine = json.loads(json.dumps(asdict(cfg)))
         # a setting added after the run started counts as its default
         default = json.loads(json.dumps(asdict(TrainConfig(task=cfg.task, out=cfg.out))))
@@ -138,10 +220,43 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
         if differ:
             raise InputError(f"--resume: the run in {out} was started with other settings ({', '.join(differ)})")
         return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            what = "a training run" if run_file.is_file() else "other files"
-            raise InputError(f"{out} already holds {what}; pass --resume to continue it or --overwrite to replace it")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if _read_run_file(run_file) is None:
+        what = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+        why = f"{RUN_FILE} is not a compdiff run file" if run_file.exists() else f"no {RUN_FILE}"
+        raise InputError(f"--out {out} is not empty and is not a compdiff training run ({why}); it holds "
+                         f"{describe(what)}. compdiff starts a run only in a new or empty folder and never deletes "
+                         "what it did not write: choose another --out")
+    unknown = unknown_entries(out, RUN_LAYOUT)
+    if not overwrite:
+        hint = "--resume to continue it" + (f" (it also holds files compdiff did not write: {describe(unknown)})"
+                                            if unknown else " or --overwrite to replace it")
+        raise InputError(f"{out} already holds a training run; pass {hint}")
+    if unknown:
+        raise InputError(f"--overwrite: the run folder {out} also holds files compdiff did not write "
+                         f"({describe(unknown)}); compdiff deletes only what it wrote: move them away or choose "
+                         "another --out")
+
+
+def _clean_after_kill(out: Path) -> None:
+    """On resume: put back a model folder whose replacement was killed half-way, remove the
+    half-written folders (``*.tmp-<pid>``) of killed processes."""
+    recover_dir(out / "model")
+    if (out / "model.tmp").is_dir() and (out / "model").is_dir():  # older compdiff versions' temporary name
+        shutil.rmtree(out / "model.tmp", ignore_errors=True)
+    snapshots = out / "snapshots"
+    if snapshots.is_dir():
+        for p in list(snapshots.iterdir()):
+            if ".tmp-" in p.name or ".old-" in p.name:
+                recover_dir(snapshots / p.name.split(".", 1)[0])
+    ckpts = out / CKPT_DIR
+    if ckpts.is_dir():
+        for p in ckpts.glob("*.tmp-*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
@@ -152,10 +267,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
     if acc.is_main_process:
-        if overwrite and out.exists():
-            shutil.rmtree(out)
+        if resume:
+            _clean_after_kill(out)
+        elif overwrite and out.is_dir():
+            clear_folder(out)  # prepare_run_dir checked that compdiff wrote all of it
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps(asdict(cfg), indent=1))
+        write_json(out / RUN_FILE, asdict(cfg))
     acc.wait_for_everyone()
 
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
@@ -181,14 +298,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
                         length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint,
-                        max_objects=cfg.max_objects)
+                        max_objects=cfg.max_objects, joint_subsets=cfg.joint_subsets,
+                        hold_out=get_split(cfg.task, cfg.hold_out) if cfg.hold_out else None)
 
     stop = _Stop()
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process),
-               desc=f"train {cfg.task}", unit="step", dynamic_ncols=True)
+    bar = progress_bar(cfg.steps, f"train {cfg.task}", "step", disable=not (progress and acc.is_main_process),
+                       initial=start)
     log = open(out / "metrics.jsonl", "a") if acc.is_main_process else None
     t0, seen, done = time.perf_counter(), 0, start
-    batches = _batch_loader(data, cfg, start, rank, world)
+    batches = _batch_loader(data, cfg, start, rank, world, acc.device)
     try:
         for step in range(start, cfg.steps):
             loss = _train_step(cfg, net, opt, acc, next(batches), loss_fn, step, rank)
@@ -251,9 +369,14 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _batch_loader(data: WorldDataset, cfg: TrainConfig, start: int, rank: int, world: int):
-    """An iterator over the batches of steps start, start + 1, ...: rendered inline, or ahead of
-    time in cfg.data_workers processes (a GPU waits for the CPU's renders otherwise)."""
+def _batch_loader(data: WorldDataset, cfg: TrainConfig, start: int, rank: int, world: int,
+                  device: torch.device):
+    """An iterator over the batches of steps start, start + 1, ...: drawn on the training device
+    (``scenes="torch"``: a function of (seed, step, rank)), or by index on the CPU, inline or ahead
+    of time in cfg.data_workers processes."""
+    if cfg.scenes == "torch":
+        return (data.device_batch(data.step_generator(step, rank, device), cfg.batch_size, device)
+                for step in range(start, cfg.steps))
     steps = _StepBatches(data, cfg, start, rank, world)
     if cfg.data_workers == 0:
         return (steps[i] for i in range(len(steps)))
@@ -297,20 +420,24 @@ def _checkpoint(cfg, acc, net, ema, opt, done: int) -> None:
 
 
 def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done: int) -> None:
-    """Write the EMA model as a loadable model directory, atomically."""
-    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    """Write the EMA model as a loadable model directory, atomically: written whole beside it, then
+    swapped in (``model_dir`` stays a complete model at every moment; see checkpoint.replace_dir)."""
+    tmp = tmp_dir_for(model_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     info = {"steps": steps_done, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "precision": cfg.precision}
     if cfg.max_objects is not None:
         info["max_objects"] = cfg.max_objects
+    if cfg.hold_out is not None:
+        info["hold_out"] = get_split(cfg.task, cfg.hold_out).to_json()
+    if cfg.joint_subsets:
+        info["joint_subsets"] = True
+    info["scenes"] = cfg.scenes
     if cfg.joint:
         info["kmax"] = get_task(cfg.task).max_true()
     save_model(ema, tmp, cfg.schedule, info)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    replace_dir(tmp, model_dir)
 
 
 def _loss_plot(out: Path) -> None:

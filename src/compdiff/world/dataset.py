@@ -20,8 +20,14 @@ Return types (NamedTuples, so they unpack like tuples):
   from the label generator, kept in canonical order) is returned. No null
   dropout in joint mode. ``batch`` stacks to (B,Kmax,D) and (B,Kmax).
 
+  With ``joint_subsets``, the label is instead a random non-empty subset of
+  them (size uniform in 1..min(true, Kmax)), so that every set size asked at
+  evaluation lies inside the joint model's training distribution.
+
 ``max_objects`` (default: the task's own) caps the objects per scene, e.g. to
 train on scenes of at most 2 objects and test composition beyond them.
+``hold_out`` (a ``world.holdout`` split) redraws every scene that shows one of
+its combinations, in both paths, so no object of any training image shows one.
 
 On the training device (opt-in): ``device_batch(generator, B, device)`` draws a
 whole ``Sample`` batch with the torch path of world/batch.py (scenes, labels,
@@ -75,7 +81,7 @@ class WorldDataset(Dataset):
     def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
                  length: int = 100_000, joint: bool = False,
                  max_concepts: int | None = None, max_objects: int | None = None,
-                 hold_out: HoldOut | None = None) -> None:
+                 hold_out: HoldOut | None = None, joint_subsets: bool = False) -> None:
         self.task = get_task(task)
         if hold_out is not None and hold_out.task != self.task.name:
             raise InputError(f"the held-out split {hold_out.name!r} belongs to task {hold_out.task}, "
@@ -84,6 +90,9 @@ class WorldDataset(Dataset):
             max_objects = min(hold_out.max_objects, max_objects or hold_out.max_objects)
         self.max_objects = check_max_objects(self.task, max_objects)
         self.hold_out = hold_out
+        if joint_subsets and not joint:
+            raise InputError("joint_subsets applies to joint datasets (joint=True) only")
+        self.joint_subsets = joint_subsets
         if not 0.0 <= null_prob <= 1.0:
             raise ValueError(f"null_prob must be in [0, 1], got {null_prob}")
         if length < 1 or seed < 0:
@@ -121,7 +130,10 @@ class WorldDataset(Dataset):
         rng = np.random.default_rng([self.seed, index, 1])
         if self.joint:
             true = self.task.true_concepts(scene)
-            if len(true) > self.max_concepts:
+            if self.joint_subsets and true:  # a random non-empty subset: every K asked later is in training
+                size = int(rng.integers(1, min(len(true), self.max_concepts) + 1))
+                true = [true[k] for k in np.sort(rng.permutation(len(true))[:size])]
+            elif len(true) > self.max_concepts:
                 keep = np.sort(rng.permutation(len(true))[: self.max_concepts])
                 true = [true[k] for k in keep]
             cond = self.task.null_row().repeat(self.max_concepts, 1)

@@ -32,10 +32,16 @@ FALSE_TRIES = 50
 
 
 def parse_error(text: str, start: int, what: str, accepted: str) -> ParseError:
-    """A ParseError naming the bad part (with a caret under it) and the vocabulary."""
+    """A ParseError of three lines: first the complete message, which ends with the column
+    (``unknown word 'near' in the concept 'a cube near a ball' (accepted: ...) at column 8``), then a
+    window of the concept and a caret under the bad part. User text is shown escaped
+    (no raw control characters) and capped, whatever its length."""
+    from compdiff.expr.display import caret_lines, excerpt
+
     start = max(0, min(start, len(text)))
-    return ParseError(f"{what} at column {start + 1}\n  {text}\n  {' ' * start}^\n"
-                      f"accepted: {accepted}")
+    what, shown = excerpt(what, 200), f"'{excerpt(text.strip(), 80)}'"
+    where = "" if shown in what else f" in the concept {shown}"
+    return ParseError(f"{what}{where} (accepted: {accepted}) at column {start + 1}\n{caret_lines(text, start)}")
 
 
 class Task(ABC, Generic[C]):

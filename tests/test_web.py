@@ -1,0 +1,306 @@
+"""compdiff serve's logic (compdiff.web.core) without a browser: the live display, the sliders,
+the canvas, the limits, the models, and images equal to the CLI's for the same settings."""
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compdiff.cli import main
+from compdiff.errors import InputError
+from compdiff.expr import parse
+from compdiff.web import core
+from compdiff.web.core import Cancelled, Limits, ModelStore, Settings
+
+LIMITS = Limits()
+DEMO = '"0.30,0.30" AND "0.70,0.70" AND NOT "0.70,0.30"'
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from compdiff.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
+                      layers_per_block=1, precision="fp32", steps=1)
+    return str(train(cfg, progress=False).model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_model):
+    return ModelStore([tiny_model], shipped=False, device="cpu", device_flag="cpu")
+
+
+@pytest.fixture(scope="module")
+def shipped_store():
+    return ModelStore(device="cpu", device_flag="cpu")
+
+
+# ---- expression -> sliders -> expression ---------------------------------------------------
+
+
+def test_sliders_follow_the_expression_leaf_by_leaf():
+    rows = core.leaf_weights('"a":2 AND NOT "b" AND ("c" AND NOT "d":0.5):-1 AND "a"', LIMITS)
+    assert [(r.concept, r.weight, r.negated) for r in rows] == [
+        ("a", 2.0, False), ("b", 1.0, True), ("c", 1.0, True), ("d", 0.5, False), ("a", 1.0, False)]
+    assert core.leaf_weights('"a" AND', LIMITS) == []  # mid-typing: no rows (the page keeps its sliders)
+
+
+@pytest.mark.parametrize("text", [DEMO, 'red AND cube :2 AND NOT metal', '("a" OR "b":3) AND NOT "c":0.5',
+                                  '(NOT "a"):2 AND "b"', 'NOT NOT "x"'])
+def test_slider_round_trip(text):
+    expr = parse(text)
+    rows = core.leaf_weights(text, LIMITS)
+    # each slider at its own value: the expression is the same tree
+    for i, row in enumerate(rows):
+        assert parse(core.set_leaf_weight(text, i, row.weight, LIMITS)) == expr
+    # move slider 0 to 1.75: only that leaf's :w changes, and the new text's sliders show it
+    moved = core.set_leaf_weight(text, 0, 1.75, LIMITS)
+    new_rows = core.leaf_weights(moved, LIMITS)
+    assert new_rows[0].weight == 1.75
+    assert [(r.concept, r.weight) for r in new_rows[1:]] == [(r.concept, r.weight) for r in rows[1:]]
+    assert core.set_leaf_weight(moved, 0, rows[0].weight, LIMITS) == str(expr)
+
+
+def test_slider_rewrites_the_weight_text():
+    assert core.set_leaf_weight(DEMO, 1, 2.5, LIMITS) == '"0.30,0.30" AND "0.70,0.70":2.5 AND NOT "0.70,0.30"'
+    assert core.set_leaf_weight(DEMO, 2, 0.1 + 0.2, LIMITS).endswith('NOT "0.70,0.30":0.3')  # rounded
+    assert core.set_leaf_weight(DEMO, 0, 1.0, LIMITS) == DEMO
+    for bad in [(7, 1.0), (-1, 1.0), (0, float("nan")), (0, "x")]:
+        assert core.set_leaf_weight(DEMO, *bad, LIMITS) == DEMO  # out of range or not a number: unchanged
+    assert core.set_leaf_weight('"a" AND', 0, 2.0, LIMITS) == '"a" AND'  # does not parse: unchanged
+
+
+# ---- the canvas -------------------------------------------------------------------------------
+
+
+def test_click_to_concept():
+    assert core.click_to_concept((0, 0), 256) == "0.00,0.00"
+    assert core.click_to_concept((127, 127), 256) == "0.50,0.50"
+    assert core.click_to_concept([76, 179], 256) == "0.30,0.70"  # x right, y down
+    assert core.click_to_concept((255, 255), 256) == "1.00,1.00"
+    assert core.click_to_concept((9999, -5), 256) == "1.00,0.00"  # clamped into the world
+    for bad in [None, (1,), ("a", 2), (float("nan"), 1)]:
+        with pytest.raises(InputError):
+            core.click_to_concept(bad, 256)
+
+
+def test_click_adds_and_or_and_not():
+    assert core.add_concept("", "0.30,0.70") == '"0.30,0.70"'
+    assert core.add_concept('"0.30,0.30"', "0.70,0.70") == '"0.30,0.30" AND "0.70,0.70"'
+    assert core.add_concept('"0.30,0.30"  ', "0.70,0.30", negate=True) == '"0.30,0.30" AND NOT "0.70,0.30"'
+    # an OR at the top is bracketed, so the new position joins every clause
+    text = core.add_concept('"0.2,0.2" OR "0.8,0.8"', "0.50,0.50")
+    assert text == '("0.2,0.2" OR "0.8,0.8") AND "0.50,0.50"'
+    assert all(any(t.concept == "0.50,0.50" for t in c.terms) for c in parse(text).clauses())
+
+
+def test_canvas_shows_the_positions():
+    a = core.analyze(DEMO, LIMITS, task="objects")
+    assert a.markers == [(0.3, 0.3, False), (0.7, 0.7, False), (0.7, 0.3, True)]
+    img = np.asarray(core.canvas_image(a.markers, 256))
+    assert img.shape == (256, 256, 3)
+    green, red = img[77, 77], img[77, 179]  # at (0.30, 0.30) and at (0.70, 0.30)
+    assert green[1] > green[0] and red[0] > red[1] + 100
+
+
+# ---- the live display ---------------------------------------------------------------------------
+
+
+def test_analysis_shows_tree_and_effective_weights():
+    a = core.analyze(DEMO, LIMITS, task="objects", guidance_scale=3.0)
+    assert a.ok and a.column is None
+    assert "AND\n" in a.markdown and "NOT" in a.markdown
+    assert '| "0.70,0.30" | -1.0 | -3.0 |' in a.markdown
+    mean = core.analyze(DEMO, LIMITS, guidance_scale=3.0, mode="mean")
+    assert '| "0.30,0.30" | 1.0 | 1.5 |' in mean.markdown  # w·s/P with P = 2
+    mix = core.analyze('"a":3 OR "b"', LIMITS)
+    assert "pi = 0.75" in mix.markdown and "pi = 0.25" in mix.markdown
+
+
+@pytest.mark.parametrize("text,column", [('"0.3,0.3" AND', 11), ('"0.3,0.3" AND NOT', 15), ('("a"', 1),
+                                         ('castle:1.2', 7), ('"a" "b"', 5), ("", None)])
+def test_bad_expression_gives_a_message_with_its_column(text, column):
+    a = core.analyze(text, LIMITS)
+    assert not a.ok and a.expr is None and "error" in a.markdown.lower()
+    if column is not None:
+        assert a.column == column and f"column {column}" in a.markdown
+        assert "^" in a.markdown  # the caret under the bad place, in a code block
+
+
+def test_a_concept_the_task_cannot_read_is_a_message():
+    a = core.analyze('"0.3,0.3" AND red', LIMITS, task="objects")
+    assert not a.ok and "not a objects concept" in a.markdown and "malformed position" in a.markdown
+    assert core.analyze('"0.3,0.3" AND red', LIMITS, task=None).ok  # other models: any text
+
+
+@pytest.mark.parametrize("text", ["\x1b[31m", '"a" AND (' * 300, "NOT " * 500 + '"a"', '"a":1e999',
+                                  '"a" OR NOT ("b" OR "c")', "\ud800", "x" * 5000, '"<script>alert(1)</script>"'])
+def test_analyze_never_raises(text):
+    a = core.analyze(text, LIMITS, task="objects", guidance_scale=float("nan"), mode="bogus")
+    prose = re.sub(r"```.*?```", "", a.markdown, flags=re.S)  # code blocks show text, never markup
+    assert isinstance(a.markdown, str) and "<script>" not in prose
+
+
+# ---- limits -----------------------------------------------------------------------------------
+
+
+def test_limits_are_enforced(tiny_store):
+    small = Limits(max_n=4, max_steps=5, max_concepts=3, max_length=60)
+    name = tiny_store.names()[0]
+    ok = Settings(name, '"0.3,0.3"', n=4, steps=5)
+    assert core.check_settings(ok, tiny_store, small).steps == 5
+    bad = [(dict(n=5), "n must lie in 1..4"), (dict(n=0), "n must lie"), (dict(steps=6), "steps must lie in 1..5"),
+           (dict(n=2.5), "whole number"), (dict(seed=-1), "seed"), (dict(sampler="nope"), "unknown sampler"),
+           (dict(corrector="mala"), "unknown corrector"), (dict(guidance_scale=float("inf")), "guidance scale"),
+           (dict(guidance_scale=1e9), "guidance scale"), (dict(negation="sideways"), "negation"),
+           (dict(mode="median"), "mode"), (dict(sampler=["ddim"]), "unknown sampler"),
+           (dict(corrector={}), "unknown corrector"),
+           (dict(expr='"0.1,0.1" AND "0.2,0.2" AND "0.3,0.3" AND "0.4,0.4"'), "concepts"),
+           (dict(expr='"0.1,0.1"' + " " * 60), "at most 60"), (dict(expr='"0.3,0.3" AND'), "dangling AND"),
+           (dict(expr="red"), "malformed position"), (dict(model="/etc"), "unknown model"),
+           (dict(model="objects"), "unknown model")]  # not served by this store
+    for change, message in bad:
+        s = Settings(**{**ok.__dict__, **change})
+        with pytest.raises(InputError, match=message):
+            core.generate(s, tiny_store, small)
+    assert core.analyze('"0.1,0.1" AND "0.2,0.2" AND "0.3,0.3" AND "0.4,0.4"', small).ok is False
+    with pytest.raises(InputError):
+        Limits(max_n=0)
+
+
+def test_models_are_only_those_named_and_open_once(tiny_model):
+    opened = []
+
+    def opener(source, device):
+        opened.append(source)
+        from compdiff.backends import open_model
+
+        return open_model(source, device=device)
+
+    store = ModelStore([tiny_model, tiny_model], device="cpu", opener=opener)
+    assert store.names()[:3] == ["objects", "relations", "attributes"] and len(store.names()) == 5
+    local = store.names()[3]
+    assert store.entry(local).cli == ("--model", store.entry(local).source)
+    assert store.get(local) is store.get(local) and opened == [store.entry(local).source]
+    assert not store.is_open("objects")  # lazily; `compdiff serve` loads all at start
+    with pytest.raises(InputError, match="unknown model"):
+        store.get(tiny_model)  # a path from the page is not a model name
+    with pytest.raises(InputError, match="neither a shipped model"):
+        ModelStore(["/no/such/dir"])
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+
+def _cli_tiles(command: str, tmp_path, n: int) -> list[np.ndarray]:
+    """Run the reproduce command in-process (its --out redirected) and cut the grid into tiles."""
+    argv = shlex.split(command)
+    assert argv[:2] == ["compdiff", "sample"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "cli.png")
+    assert main(argv[1:] + ["--no-progress"]) == 0
+    grid = np.asarray(Image.open(tmp_path / "cli.png").convert("RGB"))
+    pad, cols = 2, min(8, n)  # compdiff sample's grid: 2-pixel gaps, 8 columns
+    cell = (grid.shape[1] - pad) // cols - pad
+    tiles = []
+    for i in range(n):
+        y, x = pad + (i // cols) * (cell + pad), pad + (i % cols) * (cell + pad)
+        tiles.append(grid[y:y + cell, x:x + cell])
+    return tiles
+
+
+def test_same_images_as_the_cli_shipped_objects_model(shipped_store, tmp_path):
+    s = Settings("objects", DEMO, n=3, seed=11, steps=2)
+    g = core.generate(s, shipped_store, LIMITS)
+    assert g.seeds == [11, 12, 13] and g.captions == ["seed 11", "seed 12", "seed 13"]
+    assert g.command == ("compdiff sample '" + DEMO + "' --task objects --n 3 --seed 11 --sampler ddim --steps 2 "
+                         "--guidance-scale 3.0 --device cpu --out composed.png")
+    assert g.raw.shape == (3, 32, 32, 3) and g.images[0].shape == (128, 128, 3)
+    for web, cli in zip(g.images, _cli_tiles(g.command, tmp_path, 3)):
+        assert np.array_equal(web, cli)
+
+
+def test_same_images_as_the_cli_with_or_and_every_option(tiny_store, tmp_path):
+    name = tiny_store.names()[0]
+    s = Settings(name, '("0.2,0.2" OR "0.8,0.8":3) AND NOT "0.5,0.5":0.5', n=5, seed=3, sampler="dpmpp-2m",
+                 steps=3, guidance_scale=2.5, corrector="ula", negation="perp", mode="mean")
+    steps = []
+    g = core.generate(s, tiny_store, LIMITS, progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(i, 3) for i in range(4)]
+    assert set(g.clauses) <= {0, 1} and len(g.clauses) == 5
+    for cap, k, seed in zip(g.captions, g.clauses, g.seeds):
+        assert cap.startswith(f"seed {seed} · clause {k + 1}: ")
+    assert '"0.8,0.8":3' not in g.captions[0]  # a caption shows the clause's guidance terms
+    assert any('NOT "0.5,0.5":0.5' in c for c in g.captions)
+    argv = shlex.split(g.command)
+    for flag, value in [("--model", tiny_store.entry(name).source), ("--sampler", "dpmpp-2m"), ("--steps", "3"),
+                        ("--guidance-scale", "2.5"), ("--correct", "ula"), ("--negation", "perp"),
+                        ("--mode", "mean"), ("--seed", "3"), ("--n", "5")]:
+        assert argv[argv.index(flag) + 1] == value
+    assert g.images[0].shape == (128, 128, 3)  # 16 px, nearest-upscaled 8x like the CLI's tiles
+    for web, cli in zip(g.images, _cli_tiles(g.command, tmp_path, 5)):
+        assert np.array_equal(web, cli)
+
+
+def test_stop_cancels_between_steps(tiny_store):
+    name = tiny_store.names()[0]
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        core.generate(Settings(name, '"0.3,0.3"', n=1, steps=10), tiny_store, LIMITS, should_stop=should_stop)
+    assert len(calls) == 3  # stopped at the second step, not after all ten
+    assert not tiny_store.lock(name).locked()  # the model is free for the next job
+    g = core.generate(Settings(name, '"0.3,0.3"', n=1, steps=2), tiny_store, LIMITS)
+    assert len(g.images) == 1
+
+
+def test_defaults_follow_the_model(shipped_store):
+    d = shipped_store.defaults("relations", Limits(max_steps=50))
+    assert d == {"sampler": "ddpm", "steps": 50, "guidance_scale": 3.0, "task": "relations",
+                 "example": core.EXAMPLES["relations"]}
+    assert shipped_store.defaults("objects", LIMITS)["sampler"] == "ddim"
+    assert core.analyze(core.EXAMPLES["attributes"], LIMITS, task="attributes").ok
+    assert core.analyze(core.EXAMPLES["relations"], LIMITS, task="relations").ok
+
+
+# ---- wiring ---------------------------------------------------------------------------------------
+
+
+def test_import_compdiff_does_not_import_gradio():
+    code = ("import sys, compdiff, compdiff.web, compdiff.web.core, compdiff.cli.serve, compdiff.cli; "
+            "assert 'gradio' not in sys.modules, 'gradio imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_serve_flags():
+    import argparse
+
+    from compdiff.cli import serve
+
+    p = argparse.ArgumentParser()
+    serve.add_parser(p.add_subparsers())
+    args = p.parse_args(["serve"])
+    assert (args.host, args.port, args.model) == ("127.0.0.1", 7860, [])
+    assert (args.max_n, args.max_steps, args.max_concepts, args.max_length, args.queue_size) == (16, 200, 16, 2000, 8)
+    args = p.parse_args(["serve", "--model", "a", "--model", "b", "--max-n", "2", "--port", "0"])
+    assert args.model == ["a", "b"] and args.max_n == 2
+    with pytest.raises(SystemExit):
+        p.parse_args(["serve", "--max-n", "0"])
+
+
+def test_the_page_builds(tiny_store):
+    gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install 'compdiff[web]')")
+    from compdiff.web.app import build_app
+
+    demo = build_app(tiny_store, Limits(max_concepts=4))
+    assert isinstance(demo, gr.Blocks)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"expr", "analysis", "canvas", "generate", "stop", "gallery", "command", "weight-3"} <= ids
+    assert "weight-4" not in ids  # one slider per allowed concept
