@@ -128,3 +128,13 @@ def test_eval_with_perp_negation_and_a_corrector(tiny_models, tmp_path):
     res = run_eval(spec, methods, load_judge(32), tmp_path, 32, progress=False)
     assert res["spec"]["negation"] == "perp" and res["spec"]["correct"] == "ula"
     assert den.calls == 4 + 2  # 4 steps, plus one corrector evaluation on each of the 2 cleaner levels
+
+
+def test_wilson_interval():
+    from compdiff.eval.stats import wilson
+
+    lo, hi = wilson(0, 64)
+    assert lo == 0.0 and 0.05 < hi < 0.06  # 0 of 64: [0, 5.7%]
+    lo, hi = wilson(29, 64)  # 45.3%: about 33.7–57.5%
+    assert abs(lo - 0.337) < 0.005 and abs(hi - 0.575) < 0.005
+    assert wilson(64, 64)[1] == 1.0 and wilson(5, 0) == (0.0, 1.0)

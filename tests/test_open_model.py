@@ -27,7 +27,7 @@ def test_a_diffusers_pipeline_folder(tmp_path):
 
 def test_the_families_are_registered():
     cd.open_model("objects")
-    assert {"compdiff-world", "stable-diffusion"} <= set(BACKENDS)
+    assert {"compdiff-world", "stable-diffusion", "sdxl", "sd3", "flux", "pixart"} <= set(BACKENDS)
 
 
 @pytest.mark.parametrize("make,message", [

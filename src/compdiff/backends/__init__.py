@@ -7,7 +7,8 @@ opens it. Families, one adapter file each (each registers itself on import):
 * ``stable-diffusion`` (``diffusers.py``): Stable Diffusion 1.x / 2.x;
 * ``sdxl`` (``sdxl.py``): Stable Diffusion XL (two text encoders, pooled embeddings, time ids);
 * ``sd3`` (``sd3.py``): Stable Diffusion 3 / 3.5 (rectified flow, MMDiT, CLIP-L/G + optional T5);
-* ``flux`` (``flux.py``): Flux.1 dev (guidance-distilled) and schnell.
+* ``flux`` (``flux.py``): Flux.1 dev (guidance-distilled) and schnell;
+* ``pixart`` (``pixart.py``): PixArt-Σ (T5 only, DiT, VP/ε; PixArt-α is refused).
 
 All are local diffusers folders (``model_index.json``); compdiff never downloads.
 :func:`sample_with_scheduler` samples with any compatible diffusers scheduler, flow-matching
@@ -15,6 +16,7 @@ ones included. diffusers and transformers are imported only when a pipeline is o
 """
 from compdiff.backends.diffusers import DiffusersBackend, UNetDenoiser
 from compdiff.backends.flux import FluxBackend
+from compdiff.backends.pixart import PixArtBackend
 from compdiff.backends.registry import BACKENDS, Backend, OpenedModel, open_model, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd3 import SD3Backend
@@ -22,5 +24,5 @@ from compdiff.backends.sd_text import CLIPPromptEncoder, PromptTruncatedWarning
 from compdiff.backends.sdxl import SDXLBackend
 
 __all__ = ["BACKENDS", "Backend", "OpenedModel", "open_model", "register_backend", "DiffusersBackend",
-           "SDXLBackend", "SD3Backend", "FluxBackend", "UNetDenoiser", "CLIPPromptEncoder", "PromptTruncatedWarning",
+           "SDXLBackend", "SD3Backend", "FluxBackend", "PixArtBackend", "UNetDenoiser", "CLIPPromptEncoder", "PromptTruncatedWarning",
            "sample_with_scheduler"]

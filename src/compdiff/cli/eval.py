@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from compdiff.backends import open_model
     from compdiff.cli import UsageError
     from compdiff.cli.sample import sampler_kwargs
-    from compdiff.eval.composition import EvalSpec, Method, run_eval
+    from compdiff.eval.composition import EvalSpec, Method, run_eval, shard_of_this_process
     from compdiff.eval.judge import WEIGHTS_ROOT, load_judge
     from compdiff.training.checkpoint import clear_folder
     from compdiff.world import get_task
@@ -213,10 +213,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--model {composed.name} makes {resolution}x{resolution} images; the judge reads "
                          f"{', '.join(f'{r}x{r}' for r in judges) or 'no resolution'} only")
     judge = load_judge(resolution)
-    if clear:
+    main = shard_of_this_process()[0] == 0  # under accelerate launch, the first process writes the files
+    if clear and main:
         clear_folder(out)  # _check_out found only what compdiff eval wrote
     t0 = time.perf_counter()
     results = run_eval(spec, built, judge, out, resolution, progress=not args.no_progress)
-    print((out / "table.md").read_text())
-    print(f"wrote {out}/results.json, table.md, accuracy.png and grids ({time.perf_counter() - t0:.0f} s)")
+    if main:
+        print((out / "table.md").read_text())
+        print(f"wrote {out}/results.json, table.md, accuracy.png and grids ({time.perf_counter() - t0:.0f} s)")
     return 0 if results["cells"] else 1

@@ -306,8 +306,9 @@ def _scheduler_run(args: argparse.Namespace, m) -> _SchedulerRun | None:  # noqa
         return None
     if "run_scheduler" not in m.info:
         raise UsageError(f"--scheduler applies to diffusers pipelines, not to a {m.family} model; use --sampler")
-    if args.correct is not None:
-        raise UsageError("--correct runs inside compdiff's samplers; it cannot be combined with --scheduler")
+    if args.correct is not None or args.sampler is not None:
+        raise UsageError("--scheduler runs a diffusers scheduler instead of compdiff's samplers: it cannot be "
+                         "combined with --sampler or --correct")
     own = m.info["scheduler"]
     if args.scheduler == "pipeline":
         return _SchedulerRun(m.info["run_scheduler"], own)

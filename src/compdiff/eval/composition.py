@@ -31,6 +31,7 @@ from compdiff.errors import InputError
 from compdiff.eval.concept_sets import ConceptSet, concept_sets
 from compdiff.eval.frechet import frechet_from_features, judge_features
 from compdiff.eval.judge import Judge
+from compdiff.eval.stats import wilson
 from compdiff.expr import quote
 from compdiff.atomic import write_json, write_png
 from compdiff.correctors import Corrector
@@ -90,16 +91,23 @@ class Method:
 
 
 def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec, shape: tuple[int, ...],
-             tick: Callable[[], None] = lambda: None) -> torch.Tensor:
+             tick: Callable[[], None] = lambda: None, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """One image per set, (N, *shape) in [-1, 1]: the sets in chunks of spec.batch_size, each chunk
-    one compose_each call; set i gets the noise of seed spec.seed·100000 + i for every method."""
+    one compose_each call; set i gets the noise of seed spec.seed·100000 + i for every method.
+
+    shard = (rank, world): this process makes the chunks c with c % world == rank and the processes
+    exchange them, so every process returns all N images, each from exactly the chunk (same rows,
+    same batch) a single process would have run: bit-identical to one process."""
+    rank, world = shard
     schedule = method.schedule
     ts = schedule.timesteps(spec.steps, spec.spacing)
     sampler = get_sampler(spec.sampler)
     options = {"eta": spec.eta} if "eta" in sampler_options(spec.sampler) else {}
     corrector = spec.corrector()
-    out = []
-    for start in range(0, len(sets), spec.batch_size):
+    out = {}
+    for c, start in enumerate(range(0, len(sets), spec.batch_size)):
+        if c % world != rank:
+            continue
         chunk = sets[start:start + spec.batch_size]
         eps_fn = compose_each(method.denoiser, method.encoder, [method.expression(task, s) for s in chunk],
                               guidance_scale=spec.guidance_scale, mode=method.mode, rescale=spec.rescale,
@@ -108,8 +116,24 @@ def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec,
         x_T = randn((len(chunk), *shape), gens)
         x = sampler(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0,
                     corrector=corrector, **options)
-        out.append(x.clamp(-1, 1))
-    return torch.cat(out)
+        out[c] = x.clamp(-1, 1)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        out = dict(gather_object(list(out.items())))
+    return torch.cat([out[c] for c in sorted(out)])
+
+
+def shard_of_this_process() -> tuple[int, int]:
+    """(rank, world) under ``accelerate launch`` (several processes), else (0, 1)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes
 
 
 def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tensor) -> dict[str, Any]:
@@ -126,12 +150,18 @@ def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tenso
 
 def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str | Path,
              resolution: int, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the evaluation into ``out``; returns the results dict."""
+    """Run (or resume) the evaluation into ``out``; returns the results dict.
+
+    Under ``accelerate launch --num_processes N`` the processes share each cell's sampling (see
+    :func:`generate`); the first process alone writes the files, and they equal one process's."""
     from compdiff.progress import progress_bar
 
     task = get_task(spec.task)
+    shard = shard_of_this_process()
+    main = shard[0] == 0
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     spec_d = json.loads(json.dumps(asdict(spec)))
     results = {"spec": spec_d, "cells": {}, "methods": {}}
@@ -148,7 +178,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
     results["methods"].update({name: {"mode": m.mode, "joint": m.joint, **m.info} for name, m in methods.items()})
     todo = [(k, name) for k in spec.components for name in methods if f"{name}/K{k}" not in results["cells"]]
     steps = spec.steps * -(-spec.n // spec.batch_size)
-    bar = progress_bar(len(todo) * steps, f"eval {spec.task}", "step", disable=not progress)
+    bar = progress_bar(len(todo) * steps, f"eval {spec.task}", "step", disable=not (progress and main))
     shape = (3, resolution, resolution)
     for k in spec.components:
         names = [name for kk, name in todo if kk == k]
@@ -156,25 +186,33 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
             continue
         split = get_split(task.name, spec.hold_out) if spec.hold_out else None
         sets = concept_sets(task, k, spec.n, spec.seed, spec.negate, spec.sets, split)
-        real = render([s.scene for s in sets], resolution)
-        other = render([s.scene for s in concept_sets(task, k, spec.n, spec.seed + 1, spec.negate)], resolution)
+        real = _render([s.scene for s in sets], resolution)
+        other = _render([s.scene for s in concept_sets(task, k, spec.n, spec.seed + 1, spec.negate, spec.sets, split)],
+                        resolution)
         f_real = judge_features(real, judge)
         fd_floor = frechet_from_features(f_real, judge_features(other, judge))
         real_acc = float(np.mean([s.satisfied_by(task, j) for s, j in zip(sets, judge.read(real, task.layout))]))
         for name in names:
             m = methods[name]
             bar.set_postfix(cell=f"{name} K={k}")
-            images = generate(m, task, sets, spec, shape, lambda: bar.update(1))
+            images = generate(m, task, sets, spec, shape, lambda: bar.update(1), shard)
             cell = _score(task, judge, sets, images)
             cell.update(k=k, method=name, fd_judge=frechet_from_features(judge_features(images, judge), f_real),
                         fd_floor=fd_floor, real_accuracy=real_acc)
-            _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16])
             results["cells"][f"{name}/K{k}"] = cell
-            write_json(path, results)
-            write_reports(results, out)
+            if main:
+                _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16])
+                write_json(path, results)
+                write_reports(results, out)
     bar.close()
-    write_reports(results, out)
+    if main:
+        write_reports(results, out)
     return results
+
+
+def _render(scenes: list, resolution: int, chunk: int = 256) -> torch.Tensor:
+    """render() in chunks: the renderer's temporaries, not the images, would set eval's peak memory."""
+    return torch.cat([render(scenes[i:i + chunk], resolution) for i in range(0, len(scenes), chunk)])
 
 
 def _save_grid(path: Path, task: Task, sets: list[ConceptSet], images: torch.Tensor, ok: list[bool]) -> None:
@@ -199,13 +237,16 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
         row = [f"{cells[f'{name}/K{k}']['accuracy'] * 100:.1f}%" if f"{name}/K{k}" in cells else "" for k in ks]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     extra = any("extra_objects" in c for c in cells.values())
-    lines += ["", "| method | K | accuracy | per-concept | FD-judge | FD floor (real vs real) | judge on real renders |"
-              + (" extra objects |" if extra else ""), "|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
+    lines += ["", "| method | K | accuracy | 95% interval (Wilson) | per-concept | FD-judge | FD floor (real vs real) "
+              "| judge on real renders |"
+              + (" extra objects |" if extra else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for name in names:
         for k in ks:
             c = cells.get(f"{name}/K{k}")
             if c:
-                lines.append(f"| {name} | {k} | {c['accuracy'] * 100:.1f}% | {c['concept_accuracy'] * 100:.1f}% | "
+                lo, hi = wilson(sum(c["success"]), len(c["success"]))
+                lines.append(f"| {name} | {k} | {c['accuracy'] * 100:.1f}% | {lo * 100:.1f}–{hi * 100:.1f}% | "
+                             f"{c['concept_accuracy'] * 100:.1f}% | "
                              f"{c['fd_judge']:.3f} | {c['fd_floor']:.3f} | {c['real_accuracy'] * 100:.1f}% |"
                              + (f" {c['extra_objects']:.2f} |" if "extra_objects" in c else ""))
     (out / "table.md").write_text("\n".join(lines) + "\n")

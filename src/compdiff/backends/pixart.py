@@ -1,0 +1,284 @@
+"""PixArt-Σ from a local diffusers pipeline, as compdiff's Denoiser + ConceptEncoder + NoiseSchedule +
+VAE decoder (family ``"pixart"``, model_index.json ``_class_name`` PixArtSigmaPipeline).
+
+    pixart = PixArtBackend.from_pretrained("/models/pixart-sigma-1024", dtype=torch.float16, device="cuda")
+    images = pixart.generate('a stone castle AND NOT fog', n=4, steps=20, scheduler=pixart.scheduler)
+    # or by hand:
+    fn = compdiff.compose(pixart.denoiser, pixart.encoder, "a castle AND NOT fog", guidance_scale=4.5)
+    x_T = compdiff.randn((4, *pixart.latent_shape), compdiff.generators([0, 1, 2, 3]))
+    latents = compdiff.sample_ddim(fn, x_T, pixart.schedule, pixart.timesteps(20))
+
+What the pieces are:
+
+* condition (``T5PromptEncoder``): a dict {"tokens": (K, L, D) T5 encoder states, "mask": (K, L) the
+  tokenizer's attention mask}, built exactly as ``PixArtSigmaPipeline.encode_prompt`` builds one prompt
+  with ``clean_caption=False`` (the prompt lower-cased and stripped, padded to L = ``max_sequence_length``,
+  default 300, the T5 encoder called with the mask). The null condition ∅ is the empty prompt "" with its
+  own mask, which is what the pipeline uses as the negative prompt for classifier-free guidance.
+* denoiser (``PixArtDenoiser``): the DiT ``PixArtTransformer2DModel``, called ONCE per step with every
+  row of every concept and ∅ (B·(K+1) rows; composition batches the dict field by field), with
+  ``encoder_attention_mask`` = the mask and ``added_cond_kwargs`` {"resolution": None, "aspect_ratio":
+  None} (PixArt-Σ has no micro-conditions). A transformer that learns σ predicts 2·C channels: the first
+  C are ε, as the pipeline takes them. A v-prediction scheduler config is converted to ε here.
+* schedule: ``NoiseSchedule.from_diffusers(scheduler)`` (VP; the released model ships a
+  DPMSolverMultistepScheduler, which ``sample_latents(scheduler=backend.scheduler)`` runs step for step).
+* decode: latents / scaling_factor through the VAE.
+
+PixArt-α (PixArtAlphaPipeline) is refused: its 1024 px model conditions on resolution and aspect ratio
+and it reads 120 T5 tokens, which this adapter does not reproduce. compdiff never downloads and never
+unpickles: a folder is loaded with ``local_files_only`` and safetensors only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from compdiff.backends.registry import OpenedModel, register_backend
+from compdiff.backends.scheduler_loop import is_flow_scheduler, sample_with_scheduler
+from compdiff.backends.sd3 import (class_detector, components_of, load_components, module_device, open_dtype,
+                                   read_index, to_device, warn_truncated)
+from compdiff.compose import Mode, compose
+from compdiff.errors import InputError
+from compdiff.expr import Expr
+from compdiff.models import _refuse_pickles  # noqa: F401  (load_components refuses pickles with it)
+from compdiff.sampling import Callback, generators, randn, sample_ddim
+from compdiff.schedule import NoiseSchedule
+
+FAMILY = "pixart"
+PIXART_SIGMA = "PixArtSigmaPipeline"
+PIXART_ALPHA = "PixArtAlphaPipeline"
+PIPELINE_SCALE = 4.5  # PixArtSigmaPipeline's default guidance_scale
+DEFAULT_STEPS = 20  # PixArtSigmaPipeline's default num_inference_steps
+MAX_SEQUENCE_LENGTH = 300  # PixArtSigmaPipeline's default T5 window
+REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+ALPHA_MESSAGE = (f"{PIXART_ALPHA} is not supported: PixArt-α conditions its 1024 px model on resolution and aspect "
+                 f"ratio and reads 120 T5 tokens, which compdiff does not reproduce; compdiff opens PixArt-Σ "
+                 f"({PIXART_SIGMA}) only")
+
+
+def _refuse_alpha(class_name: str) -> None:
+    if class_name == PIXART_ALPHA:
+        raise InputError(ALPHA_MESSAGE)
+
+
+class T5PromptEncoder:
+    """ConceptEncoder over PixArt's T5: encode(prompts) -> {"tokens": (K, L, D), "mask": (K, L) int64}, each
+    row what ``PixArtSigmaPipeline.encode_prompt(clean_caption=False)`` gives for that prompt; null() -> the
+    empty prompt's (1 row, cached). Prompts longer than L tokens warn (PromptTruncatedWarning)."""
+
+    def __init__(self, tokenizer: Any, text_encoder: torch.nn.Module,
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
+        if max_sequence_length < 1:
+            raise InputError(f"max_sequence_length must be >= 1, got {max_sequence_length}")
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.max_sequence_length = int(max_sequence_length)
+        self._null: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def encode(self, concepts: Sequence[str]) -> dict[str, Tensor]:
+        prompts = [str(c).lower().strip() for c in concepts]  # the pipeline's _text_preprocessing
+        if not prompts:
+            raise ValueError("encode() needs at least one prompt")
+        warn_truncated(self.tokenizer, prompts, self.max_sequence_length, "the T5 text encoder")
+        inputs = self.tokenizer(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                                add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        device = module_device(self.text_encoder)
+        mask = inputs.attention_mask.to(device)
+        tokens = self.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
+        return {"tokens": tokens.to(self.text_encoder.dtype), "mask": mask}
+
+    def null(self) -> dict[str, Tensor]:
+        if self._null is None:
+            self._null = self.encode([""])
+        return self._null
+
+
+class PixArtDenoiser:
+    """Denoiser over a ``PixArtTransformer2DModel``: ``(x (B, C, h, w), t (B,) timesteps, cond {"tokens",
+    "mask"} of B rows) -> eps (B, C, h, w)`` in x's dtype. The transformer runs in its own dtype and device;
+    of a learned-σ output (2·C channels) the first C are kept; a v- or x0-prediction is converted to eps."""
+
+    def __init__(self, transformer: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon") -> None:
+        self.transformer = transformer
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.channels = int(transformer.config.in_channels)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        p = next(self.transformer.parameters())
+        t = torch.as_tensor(t)
+        timestep = t.to(p.device).reshape(-1).expand(x.shape[0])
+        out = self.transformer(x.to(p.device, p.dtype), encoder_hidden_states=cond["tokens"].to(p.device, p.dtype),
+                               encoder_attention_mask=cond["mask"].to(p.device), timestep=timestep,
+                               added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+        if out.shape[1] == 2 * self.channels:
+            out = out[:, :self.channels]
+        out = out.to(x.device, x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        return self.schedule.eps_from_prediction(x, out, t.detach().cpu().double(), self.prediction_type)
+
+
+def _schedule_of(scheduler: Any) -> NoiseSchedule:
+    if is_flow_scheduler(scheduler):
+        raise InputError(f"the pipeline's scheduler {type(scheduler).__name__} is a flow-matching scheduler: PixArt-Σ "
+                         "is a variance-preserving (ε-prediction) model")
+    try:
+        return NoiseSchedule.from_diffusers(scheduler)
+    except ValueError as err:
+        raise InputError(f"cannot use the scheduler {type(scheduler).__name__}: {err}") from err
+
+
+class PixArtBackend:
+    """A diffusers PixArtSigmaPipeline as compdiff parts (see the module docstring).
+
+    Attributes: denoiser (PixArtDenoiser), encoder (T5PromptEncoder), schedule (NoiseSchedule), scheduler
+    (the pipeline's, for ``sample_latents(scheduler=...)``), prediction_type, latent_shape (C, h, w),
+    vae_scale_factor, patch_size, device, dtype; the modules transformer, vae, text_encoder, tokenizer.
+    """
+
+    family = FAMILY
+    default_scale = PIPELINE_SCALE
+    default_steps = DEFAULT_STEPS
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
+                 tokenizer: Any, scheduler: Any, *, height: int | None = None, width: int | None = None,
+                 max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
+        cfg = transformer.config
+        out = cfg.out_channels if cfg.out_channels is not None else cfg.in_channels
+        if out not in (cfg.in_channels, 2 * cfg.in_channels):
+            raise InputError(f"the transformer takes {cfg.in_channels} channels but predicts {out}: only "
+                             "text-to-image PixArt transformers are supported")
+        caption = getattr(cfg, "caption_channels", None)
+        hidden = getattr(text_encoder.config, "d_model", None)
+        if caption is not None and hidden is not None and caption != hidden:
+            raise InputError(f"text encoder width {hidden} does not match the transformer's caption_channels {caption}")
+        self.transformer, self.vae, self.text_encoder, self.tokenizer, self.scheduler = (
+            transformer, vae, text_encoder, tokenizer, scheduler)
+        self.schedule = _schedule_of(scheduler)
+        self.prediction_type: str = scheduler.config.get("prediction_type", "epsilon")
+        self.patch_size = int(cfg.patch_size)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.denoiser = PixArtDenoiser(transformer, self.schedule, self.prediction_type)
+        self.encoder = T5PromptEncoder(tokenizer, text_encoder, max_sequence_length)
+        self.latent_shape: tuple[int, int, int] = self.latent_shape_for(height, width)
+
+    @classmethod
+    def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
+                        max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> PixArtBackend:
+        """From a local pipeline folder (local_files_only, safetensors; never downloads, never unpickles) or a
+        built PixArtSigmaPipeline (its modules moved to ``device``/``dtype`` in place). InputError for a path
+        that is not a local folder, PixArt-α, or another pipeline class."""
+        if isinstance(path_or_pipeline, (str, os.PathLike)):
+            index = read_index(Path(path_or_pipeline).expanduser())
+            _refuse_alpha(str((index or {}).get("_class_name", "")))
+            parts = load_components(path_or_pipeline, PIXART_SIGMA, "PixArt-Σ", REQUIRED)
+        else:
+            _refuse_alpha(type(path_or_pipeline).__name__)
+            parts = components_of(path_or_pipeline, PIXART_SIGMA, "PixArt-Σ", REQUIRED)
+        for name in ("transformer", "vae", "text_encoder"):
+            parts[name] = to_device(parts[name], device, dtype)
+        return cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+                   height=height, width=width, max_sequence_length=max_sequence_length)
+
+    # ---- shapes and timesteps ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.transformer)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """(C, height/f, width/f); None = the transformer's sample_size·f (the pipeline's default, 1024 for
+        the 1024 px model). Multiples of f·patch_size."""
+        size = self.transformer.config.sample_size
+        f, step = self.vae_scale_factor, self.vae_scale_factor * self.patch_size
+        height, width = height or size * f, width or size * f
+        if height % step or width % step:
+            raise InputError(f"height and width must be multiples of {step}, got {height}x{width}")
+        return (int(self.transformer.config.in_channels), height // f, width // f)
+
+    def _spacing(self) -> str:
+        return self.scheduler.config.get("timestep_spacing", "leading")
+
+    def timesteps(self, num_steps: int) -> Tensor:
+        """num_steps descending timesteps spaced as the scheduler config says (timestep_spacing, steps_offset),
+        for compdiff's own samplers."""
+        spacing = self._spacing()
+        offset = self.scheduler.config.get("steps_offset", 0) if spacing == "leading" else 0
+        try:
+            return self.schedule.timesteps(num_steps, spacing, offset)
+        except ValueError as err:
+            raise InputError(str(err)) from err
+
+    # ---- decoding ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: Tensor, batch_size: int = 1) -> Tensor:
+        """VAE decode: latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1]
+        (z = latents / scaling_factor, + shift_factor where the VAE has one), batch_size at a time."""
+        cfg = self.vae.config
+        p = next(self.vae.parameters())
+        z = latents.to(p.device, p.dtype) / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None) is not None:
+            z = z + cfg.shift_factor
+        images = [self.vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
+                  for i in range(0, z.shape[0], batch_size)]
+        return torch.cat(images).clamp(-1, 1)
+
+    # ---- as compdiff.open_model sees it --------------------------------------------------------------
+    def opened(self, name: str) -> OpenedModel:
+        return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,
+                           FAMILY, name, PIPELINE_SCALE, sampling={"sampler": "ddim", "steps": DEFAULT_STEPS},
+                           info={"timestep_spacing": self._spacing(), "scheduler": self.scheduler,
+                                 "run_scheduler": sample_with_scheduler,
+                                 "max_sequence_length": self.encoder.max_sequence_length})
+
+    # ---- one-call sampling ---------------------------------------------------------------------------
+    def sample_latents(self, expr: Expr | str, *, n: int = 1, steps: int = DEFAULT_STEPS,
+                       guidance_scale: float = PIPELINE_SCALE, seeds: Sequence[int] | None = None,
+                       scheduler: Any = None, eta: float = 0.0, mode: Mode = "sum", rescale: float = 0.0,
+                       max_batch: int | None = None, height: int | None = None, width: int | None = None,
+                       callback: Callback | None = None) -> Tensor:
+        """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only on
+        seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the given
+        diffusers VP scheduler (the pipeline's own: ``scheduler=backend.scheduler``) via
+        :func:`sample_with_scheduler`. Prompts are encoded once."""
+        seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != n:
+            raise InputError(f"got {len(seeds)} seeds for {n} images")
+        eps_fn = compose(self.denoiser, self.encoder, expr, guidance_scale=guidance_scale, mode=mode,
+                         rescale=rescale, max_batch=max_batch)
+        shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
+        gens = generators(seeds)
+        eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(n, gens))  # OR: each image draws its clause by its seed
+        x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
+        if scheduler is None:
+            return sample_ddim(eps_fn, x_T, self.schedule, self.timesteps(steps), eta=eta, generator=gens,
+                               callback=callback)
+        return sample_with_scheduler(eps_fn, x_T, scheduler, steps, generator=gens, callback=callback, eta=eta)
+
+    def generate(self, expr: Expr | str, **kwargs: Any) -> Tensor:
+        """Images (n, 3, H, W) in [-1, 1]: ``decode(sample_latents(expr, **kwargs))``."""
+        return self.decode(self.sample_latents(expr, **kwargs))
+
+
+def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
+          max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> OpenedModel:
+    """Weights in bfloat16 on a GPU (T5 overflows in float16) and float32 on the CPU unless ``dtype`` names
+    one (bf16, the world models' autocast flag, does not apply)."""
+    backend = PixArtBackend.from_pretrained(path, dtype=open_dtype(device, dtype), device=device,
+                                            max_sequence_length=max_sequence_length)
+    return backend.opened(str(path))
+
+
+register_backend(FAMILY, class_detector("PixArt"), _open)
+
+__all__ = ["PixArtBackend", "PixArtDenoiser", "T5PromptEncoder"]
