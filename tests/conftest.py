@@ -1,5 +1,7 @@
 import os
+import socket
 
+import pytest
 import torch
 
 # Two cores, shared: torch's own two threads fight any other busy process and
@@ -7,3 +9,16 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="module")
+def no_network():
+    """Any socket connect fails the test (compdiff never downloads); HF_HUB_OFFLINE set for the module."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:]}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        yield
