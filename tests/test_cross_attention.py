@@ -6,7 +6,6 @@ import torch
 
 from compdiff.cli import main
 from compdiff.models import load_model, save_model
-from compdiff.world.tasks import get_task
 from compdiff.nn import ConditionalUNet, ModelConfig
 from compdiff.nn.conditioning import SetSequence, TokenSequence
 from compdiff.training import TrainConfig, train

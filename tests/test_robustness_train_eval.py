@@ -268,7 +268,7 @@ KILLER = r"""
 import os, signal, sys
 from pathlib import Path
 import compdiff.models as models
-import compdiff.training.checkpoint as ck
+import compdiff.atomic as ck  # the directory swap
 
 stage = sys.argv[1]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -300,7 +300,7 @@ sys.exit(main(sys.argv[2:]))
 
 def _model_steps(model_dir: Path) -> int:
     """The training steps of the model load_model(model_dir) loads."""
-    from compdiff.training.checkpoint import interrupted_dir
+    from compdiff.atomic import interrupted_dir
 
     load_model(model_dir)
     found = model_dir if model_dir.is_dir() else interrupted_dir(model_dir)
@@ -333,7 +333,7 @@ def test_kill_9_during_the_export_leaves_a_loadable_resumable_run(tmp_path):
 
 
 def test_replace_dir_falls_back_to_two_renames(tmp_path, monkeypatch):
-    import compdiff.training.checkpoint as ck
+    import compdiff.atomic as ck
 
     target = tmp_path / "model"
     for version in ("a", "b"):

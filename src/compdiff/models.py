@@ -115,7 +115,7 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     A damaged directory is an InputError naming the file and what is wrong with it: compdiff.json
     unreadable, not an object or lacking a key; a missing unet/ or weight file; weights whose names
     or shapes differ from the network compdiff.json describes (nothing is silently ignored)."""
-    from compdiff.training.checkpoint import interrupted_dir
+    from compdiff.atomic import interrupted_dir
 
     path = Path(path)
     if not path.is_dir():

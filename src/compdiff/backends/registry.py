@@ -120,7 +120,7 @@ def open_model(name_or_path: str | Path, *, device: torch.device | str = "cpu", 
     shipped = shipped_models()
     path = Path(text).expanduser()
     if not path.exists():
-        from compdiff.training.checkpoint import interrupted_dir
+        from compdiff.atomic import interrupted_dir
 
         if text in shipped:
             path = shipped[text]

@@ -21,8 +21,6 @@ only what it wrote).
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import fnmatch
 import json
 import os
@@ -32,6 +30,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+# the directory swap lives in compdiff.atomic (model loading reads through it too); re-exported here
+from compdiff.atomic import interrupted_dir, recover_dir, remove_stale, replace_dir, tmp_dir_for  # noqa: F401
 
 CKPT_DIR = "checkpoints"
 
@@ -111,108 +112,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 # ---- replacing a whole folder atomically ----------------------------------------------------
-
-_RENAME_EXCHANGE = 2  # linux/fs.h
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap the paths a and b in one step (Linux renameat2 RENAME_EXCHANGE). False where the
-    system or the file system cannot (the caller falls back to two renames)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system or kernel without it
-        return False
-    raise OSError(err, os.strerror(err), str(a), None, str(b))
-
-
-def tmp_dir_for(target: Path) -> Path:
-    """Where a new version of ``target`` is written before :func:`replace_dir` puts it in place."""
-    return target.with_name(f"{target.name}.tmp-{os.getpid()}")
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Put the complete folder ``tmp`` at ``target``; the old ``target`` (if any) is removed.
-
-    ``target`` is never missing once it existed: the two folders are swapped in one rename, then
-    the old one (now at ``tmp``) is deleted. Without RENAME_EXCHANGE: old -> ``NAME.old-<pid>``,
-    tmp -> target, delete the old (see :func:`recover_dir`). Other processes' leftovers of
-    ``target`` (``NAME.tmp-*``, ``NAME.old-*``) are removed afterwards."""
-    tmp, target = Path(tmp), Path(target)
-    if not os.path.lexists(target):
-        os.rename(tmp, target)
-    elif _exchange(tmp, target):
-        _remove(tmp)  # the old version
-    else:
-        old = target.with_name(f"{target.name}.old-{os.getpid()}")
-        if os.path.lexists(old):
-            _remove(old)
-        os.rename(target, old)
-        os.rename(tmp, target)
-        _remove(old)
-    remove_stale(target)
-
-
-def _remove(path: Path) -> None:
-    """Delete a folder, or only the link (or file) where ``path`` is one."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
-
-
-def _siblings(target: Path, kind: str) -> list[Path]:
-    """NAME.<kind>-<pid> folders beside ``target`` (kind: "tmp" or "old")."""
-    prefix = f"{target.name}.{kind}-"
-    if not target.parent.is_dir():
-        return []
-    return sorted(p for p in target.parent.iterdir()
-                  if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and p.is_dir()
-                  and not p.is_symlink())
-
-
-def interrupted_dir(target: Path) -> Path | None:
-    """When ``target`` is missing because a fallback swap was killed between its two renames:
-    the folder that belongs there (the new one, complete, when both halves are present; else
-    the old one). None when there is no such leftover."""
-    target = Path(target)
-    if os.path.lexists(target):
-        return None
-    for old in reversed(_siblings(target, "old")):
-        new = target.with_name(f"{target.name}.tmp-{old.name.rsplit('-', 1)[1]}")
-        # the old folder is moved aside only once the new one is complete
-        return new if new.is_dir() else old
-    return None
-
-
-def recover_dir(target: Path) -> None:
-    """Repair an interrupted :func:`replace_dir` (put the right folder back at ``target``) and
-    remove the leftovers of killed writers."""
-    found = interrupted_dir(target)
-    if found is not None:
-        os.rename(found, target)
-    remove_stale(target)
-
-
-def remove_stale(target: Path) -> None:
-    """Delete ``NAME.tmp-<pid>`` / ``NAME.old-<pid>`` beside ``target`` unless <pid> is this process
-    (only once ``target`` exists: otherwise they may be the only copy, see :func:`recover_dir`)."""
-    if not Path(target).is_dir():
-        return
-    mine = str(os.getpid())
-    for p in _siblings(Path(target), "tmp") + _siblings(Path(target), "old"):
-        if p.name.rsplit("-", 1)[1] != mine:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-# ---- what compdiff wrote ---------------------------------------------------------------------
 
 #: a folder layout: {name pattern (fnmatch): None for a file, or the layout of a sub-folder}
 Layout = dict
