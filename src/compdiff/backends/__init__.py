@@ -24,5 +24,6 @@ from compdiff.backends.sd_text import CLIPPromptEncoder, PromptTruncatedWarning
 from compdiff.backends.sdxl import SDXLBackend
 
 __all__ = ["BACKENDS", "Backend", "OpenedModel", "open_model", "register_backend", "DiffusersBackend",
-           "SDXLBackend", "SD3Backend", "FluxBackend", "PixArtBackend", "UNetDenoiser", "CLIPPromptEncoder", "PromptTruncatedWarning",
+           "SDXLBackend", "SD3Backend", "FluxBackend", "PixArtBackend", "UNetDenoiser", "CLIPPromptEncoder",
+           "PromptTruncatedWarning",
            "sample_with_scheduler"]

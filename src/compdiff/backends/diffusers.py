@@ -64,6 +64,21 @@ class UNetDenoiser:
         return self.schedule.eps_from_prediction(x, out, t.detach().cpu().double(), self.prediction_type)
 
 
+@torch.no_grad()
+def vae_decode(vae: torch.nn.Module, latents: Tensor, batch_size: int = 1) -> Tensor:
+    """latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1], as the SD, SD3, Flux and
+    PixArt pipelines decode: z = latents / scaling_factor (+ shift_factor where the VAE has one), then the
+    VAE, batch_size images at a time (decoding at full resolution is memory hungry)."""
+    cfg = vae.config
+    p = next(vae.parameters())
+    z = latents.to(p.device, p.dtype) / cfg.scaling_factor
+    if getattr(cfg, "shift_factor", None) is not None:
+        z = z + cfg.shift_factor
+    images = [vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
+              for i in range(0, z.shape[0], batch_size)]
+    return torch.cat(images).clamp(-1, 1)
+
+
 def _missing_model_message(path: str) -> str:
     msg = (f"no diffusers pipeline at {path!r} (a local folder with model_index.json is needed): compdiff "
            "does not download models and never reaches the network. Point it at a local copy: a folder "
@@ -251,18 +266,9 @@ class DiffusersBackend:
             raise InputError(str(err)) from err
 
     # ---- decoding -----------------------------------------------------------------------
-    @torch.no_grad()
     def decode(self, latents: Tensor, batch_size: int = 1) -> Tensor:
-        """VAE decode: latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1].
-        batch_size images at a time (VAE decoding at full resolution is memory hungry)."""
-        cfg = self.vae.config
-        p = next(self.vae.parameters())
-        z = latents.to(p.device, p.dtype) / cfg.scaling_factor
-        if getattr(cfg, "shift_factor", None) is not None:
-            z = z + cfg.shift_factor
-        images = [self.vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
-                  for i in range(0, z.shape[0], batch_size)]
-        return torch.cat(images).clamp(-1, 1)
+        """VAE decode: latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1]."""
+        return vae_decode(self.vae, latents, batch_size)
 
     # ---- as compdiff.open_model sees it ---------------------------------------------------
     def opened(self, name: str) -> OpenedModel:

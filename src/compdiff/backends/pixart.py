@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from compdiff.backends.diffusers import vae_decode
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import is_flow_scheduler, sample_with_scheduler
 from compdiff.backends.sd3 import (class_detector, components_of, load_components, module_device, open_dtype,
@@ -220,18 +221,10 @@ class PixArtBackend:
             raise InputError(str(err)) from err
 
     # ---- decoding ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def decode(self, latents: Tensor, batch_size: int = 1) -> Tensor:
         """VAE decode: latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1]
-        (z = latents / scaling_factor, + shift_factor where the VAE has one), batch_size at a time."""
-        cfg = self.vae.config
-        p = next(self.vae.parameters())
-        z = latents.to(p.device, p.dtype) / cfg.scaling_factor
-        if getattr(cfg, "shift_factor", None) is not None:
-            z = z + cfg.shift_factor
-        images = [self.vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
-                  for i in range(0, z.shape[0], batch_size)]
-        return torch.cat(images).clamp(-1, 1)
+        (z = latents / scaling_factor + shift_factor where the VAE has one), batch_size at a time."""
+        return vae_decode(self.vae, latents, batch_size)
 
     # ---- as compdiff.open_model sees it --------------------------------------------------------------
     def opened(self, name: str) -> OpenedModel:
