@@ -19,6 +19,9 @@ MAX_SCALE = 100.0
 MAX_CORRECTOR_STEPS = 100
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 4096
+#: the methods --methods accepts; REGION_METHODS confine each concept to its box (tasks with region_center)
+METHODS = ("composed", "composed-mean", "composed-regions", "joint")
+REGION_METHODS = ("composed-regions",)
 
 #: what ``compdiff eval`` writes in a report folder (fnmatch patterns; files only), and the
 #: temporary files of its atomic writes; results.json (with a compdiff spec) marks a report
@@ -37,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help=" | ".join(task_names()))
     p.add_argument("--components", default="1,2,3",
                    help="values of K, comma-separated, each 1..the task's largest (objects 5, relations 8, "
-                   "attributes 3) (default 1,2,3)")
+                   "attributes 3, described 3) (default 1,2,3)")
     p.add_argument("--n", type=int_in(1, MAX_N), default=256, help=f"concept sets per K, 1..{MAX_N:,} (default 256)")
     p.add_argument("--not", dest="negate", action="store_true",
                    help="add one negated concept to every set (true elsewhere, false in the set's scene)")
@@ -51,8 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "model for --task)")
     p.add_argument("--joint-model", help="joint-conditioning baseline model directory (adds method 'joint')")
     p.add_argument("--methods", default=None,
-                   help="comma-separated among composed, composed-mean, joint "
-                   "(default: composed,composed-mean and joint when --joint-model is given)")
+                   help="comma-separated among composed, composed-mean, composed-regions, joint (default: "
+                   "composed,composed-mean and joint when --joint-model is given); composed-regions (task described) "
+                   "confines each concept to a box around its object, written '\"a red cube\" @ (x0, y0, x1, y1)'")
+    p.add_argument("--region-size", type=float_in(0, 1, lo_open=True), default=0.4,
+                   help="side of each concept's box, a fraction of the image side in (0, 1] (default 0.4): the box "
+                   "composed-regions asks for and the in_region score of every method (task described)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                    help="default: the composed model's recommendation (its compdiff.json 'sampling'), else ddim")
     p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None,
@@ -164,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from compdiff.cli import UsageError
     from compdiff.cli.sample import sampler_kwargs
     from compdiff.eval.composition import EvalSpec, Method, run_eval, shard_of_this_process
+    from compdiff.eval.concept_sets import check_regions
     from compdiff.eval.judge import WEIGHTS_ROOT, load_judge
     from compdiff.training.checkpoint import clear_folder
     from compdiff.world import get_task
@@ -173,9 +181,12 @@ def run(args: argparse.Namespace) -> int:
     ks = _components(args.components, task)
     methods = tuple(args.methods.split(",")) if args.methods else (
         ("composed", "composed-mean") + (("joint",) if args.joint_model else ()))
-    unknown = set(methods) - {"composed", "composed-mean", "joint"}
+    unknown = set(methods) - set(METHODS)
     if unknown:
-        raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; accepted: composed, composed-mean, joint")
+        raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; accepted: {', '.join(METHODS)}")
+    for name in methods:
+        if name in REGION_METHODS:
+            check_regions(task, name)  # InputError: "composed-regions needs a task whose concepts are ..."
     if "joint" in methods and not args.joint_model:
         raise UsageError("method 'joint' needs --joint-model DIR")
     if "joint" in methods and args.negate:
@@ -192,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
                     steps=args.steps or int(composed.sampling.get("steps", 50)), spacing=args.spacing,
                     guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, methods=methods,
                     negation=args.negation, correct=args.correct, corrector_steps=args.corrector_steps, eta=args.eta,
-                    rescale=args.rescale, sets=args.sets, hold_out=hold_out)
+                    rescale=args.rescale, sets=args.sets, hold_out=hold_out, region_size=args.region_size)
     spec.corrector()  # bad corrector options fail before any work
     built = {}
     for name in methods:
@@ -205,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             mode = "mean" if name == "composed-mean" else "sum"
             built[name] = Method(name, composed.denoiser, composed.encoder, mode, False, composed.schedule,
-                                 {"model": args.model or "shipped"})
+                                 {"model": args.model or "shipped"}, regions=name in REGION_METHODS)
     resolution = composed.latent_shape[-1]
     judges = sorted(int(p.parent.name[5:]) for p in WEIGHTS_ROOT.glob("judge*/config.json")
                     if p.parent.name[5:].isdigit())

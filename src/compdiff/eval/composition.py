@@ -9,6 +9,13 @@ expression via ``compose_each``), read by the judge, and scored:
 - per-concept accuracy: the fraction of (image, positive concept) pairs that hold;
 - the task's own extra metrics (``Task.extra_metrics``), e.g. for objects the judged
   objects farther than the radius from every requested position, per image;
+- for a task whose concepts are single objects (``Task.region_center``: described), for every
+  method, ``in_region``: the fraction of images where every positive concept holds with its
+  object's centre inside the concept's box (the box of side ``EvalSpec.region_size`` around the
+  real object it describes, see concept_sets.py), and ``per_concept_in_region``: the fraction of
+  (image, concept) pairs. The boxes are the same whether or not the method was given them:
+  method ``composed-regions`` (``Method.regions``) confines each concept's guidance to its box,
+  ``"a small red metal cube" @ (0.100, 0.200, 0.500, 0.600)``; ``composed`` does not;
 - FD-judge: Fréchet distance over judge features between the generated images and the
   real renders of the same sets; ``fd_floor`` is the same distance between those real
   renders and real renders of other sets of the same K (what "as good as real" reads as).
@@ -28,7 +35,7 @@ import torch
 
 from compdiff.compose_each import compose_each
 from compdiff.errors import InputError
-from compdiff.eval.concept_sets import ConceptSet, concept_sets
+from compdiff.eval.concept_sets import REGION_SIZE, ConceptSet, check_regions, concept_sets, has_regions
 from compdiff.eval.frechet import frechet_from_features, judge_features
 from compdiff.eval.judge import Judge
 from compdiff.eval.stats import wilson
@@ -64,6 +71,7 @@ class EvalSpec:
     rescale: float = 0.0  # guidance rescale (compose's option)
     sets: str = "all"  # "seen" | "held-out": only sets of seen / held-out combinations of ``hold_out``
     hold_out: str | None = None  # the held-out split (compdiff.world.holdout) the sets refer to
+    region_size: float = REGION_SIZE  # side of a concept's box (composed-regions, in_region), image fraction
 
     def corrector(self) -> Corrector | None:
         """The corrector of this evaluation: ``correct`` with ``corrector_steps`` and the default range."""
@@ -81,10 +89,13 @@ class Method:
     joint: bool = False  # the whole set is ONE condition (the joint-conditioning baseline)
     schedule: Schedule | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    regions: bool = False  # each positive concept confined to its box (task with region_center only)
 
-    def expression(self, task: Task, s: ConceptSet) -> str:
+    def expression(self, task: Task, s: ConceptSet, region_size: float = REGION_SIZE) -> str:
+        if self.regions and self.joint:
+            raise InputError(f"{self.name}: a joint-conditioning model has no regions")
         if not self.joint:
-            return s.expression(task)
+            return s.expression(task, region_size if self.regions else None)
         if s.negative is not None:
             raise InputError(f"{self.name}: a joint-conditioning model has no NOT")
         return quote("; ".join(task.format(c) for c in s.positives))
@@ -109,9 +120,9 @@ def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec,
         if c % world != rank:
             continue
         chunk = sets[start:start + spec.batch_size]
-        eps_fn = compose_each(method.denoiser, method.encoder, [method.expression(task, s) for s in chunk],
-                              guidance_scale=spec.guidance_scale, mode=method.mode, rescale=spec.rescale,
-                              negation=spec.negation)
+        exprs = [method.expression(task, s, spec.region_size) for s in chunk]
+        eps_fn = compose_each(method.denoiser, method.encoder, exprs, guidance_scale=spec.guidance_scale,
+                              mode=method.mode, rescale=spec.rescale, negation=spec.negation)
         gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
         x_T = randn((len(chunk), *shape), gens)
         x = sampler(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0,
@@ -136,13 +147,24 @@ def shard_of_this_process() -> tuple[int, int]:
     return state.process_index, state.num_processes
 
 
-def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tensor) -> dict[str, Any]:
+def region_metrics(task: Task, sets: list[ConceptSet], judged: list, size: float) -> dict[str, float]:
+    """``in_region`` (per image: every positive concept holds inside its box) and
+    ``per_concept_in_region`` (per (image, concept) pair) of judged scenes, one per set."""
+    per = [s.in_region(task, j, size) for s, j in zip(sets, judged)]
+    return {"in_region": float(np.mean([all(p) for p in per])),
+            "per_concept_in_region": float(np.mean([v for p in per for v in p]))}
+
+
+def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tensor,
+           region_size: float = REGION_SIZE) -> dict[str, Any]:
     judged = judge.read(images, layout=task.layout)
     ok = [s.satisfied_by(task, j) for s, j in zip(sets, judged)]
     per = [task.holds(c, j) for s, j in zip(sets, judged) for c in s.positives]
     res: dict[str, Any] = {"accuracy": float(np.mean(ok)), "concept_accuracy": float(np.mean(per)),
                            "success": [bool(v) for v in ok]}
     res.update(task.extra_metrics(sets, judged))
+    if has_regions(task):
+        res.update(region_metrics(task, sets, judged, region_size))
     if any(s.negative is not None for s in sets):
         res["negated_absent"] = float(np.mean([not task.holds(s.negative, j) for s, j in zip(sets, judged)]))
     return res
@@ -157,6 +179,9 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
     from compdiff.progress import progress_bar
 
     task = get_task(spec.task)
+    for name, m in methods.items():
+        if m.regions:
+            check_regions(task, name)
     shard = shard_of_this_process()
     main = shard[0] == 0
     out = Path(out)
@@ -175,7 +200,8 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         results = old
         results["spec"].update(methods=sorted(set(old["spec"]["methods"]) | set(spec.methods)),
                                components=sorted(set(old["spec"]["components"]) | set(spec.components)))
-    results["methods"].update({name: {"mode": m.mode, "joint": m.joint, **m.info} for name, m in methods.items()})
+    results["methods"].update({name: {"mode": m.mode, "joint": m.joint, **({"regions": True} if m.regions else {}),
+                                      **m.info} for name, m in methods.items()})
     todo = [(k, name) for k in spec.components for name in methods if f"{name}/K{k}" not in results["cells"]]
     steps = spec.steps * -(-spec.n // spec.batch_size)
     bar = progress_bar(len(todo) * steps, f"eval {spec.task}", "step", disable=not (progress and main))
@@ -196,7 +222,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
             m = methods[name]
             bar.set_postfix(cell=f"{name} K={k}")
             images = generate(m, task, sets, spec, shape, lambda: bar.update(1), shard)
-            cell = _score(task, judge, sets, images)
+            cell = _score(task, judge, sets, images, spec.region_size)
             cell.update(k=k, method=name, fd_judge=frechet_from_features(judge_features(images, judge), f_real),
                         fd_floor=fd_floor, real_accuracy=real_acc)
             results["cells"][f"{name}/K{k}"] = cell
@@ -221,6 +247,14 @@ def _save_grid(path: Path, task: Task, sets: list[ConceptSet], images: torch.Ten
     write_png(make_grid(to_uint8(images), labels, columns=8, scale=4), path)
 
 
+#: per-cell metrics a task may add (extra_metrics, region_metrics): key, table.md column, format
+EXTRA_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("extra_objects", "extra objects", lambda v: f"{v:.2f}"),
+    ("in_region", "in region", lambda v: f"{v * 100:.1f}%"),
+    ("per_concept_in_region", "per-concept in region", lambda v: f"{v * 100:.1f}%"),
+)
+
+
 def write_reports(results: dict[str, Any], out: Path) -> None:
     """table.md and accuracy.png from results.json's cells."""
     cells = results["cells"]
@@ -236,10 +270,19 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
     for name in names:
         row = [f"{cells[f'{name}/K{k}']['accuracy'] * 100:.1f}%" if f"{name}/K{k}" in cells else "" for k in ks]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    extra = any("extra_objects" in c for c in cells.values())
+    if any("in_region" in c for c in cells.values()):
+        about = (f"In region = every concept holds with its object's centre inside its box (side "
+                 f"{spec.get('region_size', REGION_SIZE):g}, around the real object; the same boxes for every method).")
+        lines += ["", about, "", "| method | " + " | ".join(f"K={k}{neg}" for k in ks) + " |",
+                  "|---|" + "---|" * len(ks)]
+        for name in names:
+            row = [f"{cells[f'{name}/K{k}']['in_region'] * 100:.1f}%" if "in_region" in cells.get(f"{name}/K{k}", {})
+                   else "" for k in ks]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+    extra = [col for col in EXTRA_COLUMNS if any(col[0] in c for c in cells.values())]
     lines += ["", "| method | K | accuracy | 95% interval (Wilson) | per-concept | FD-judge | FD floor (real vs real) "
-              "| judge on real renders |"
-              + (" extra objects |" if extra else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
+              "| judge on real renders |" + "".join(f" {title} |" for _, title, _ in extra),
+              "|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     for name in names:
         for k in ks:
             c = cells.get(f"{name}/K{k}")
@@ -248,7 +291,7 @@ def write_reports(results: dict[str, Any], out: Path) -> None:
                 lines.append(f"| {name} | {k} | {c['accuracy'] * 100:.1f}% | {lo * 100:.1f}–{hi * 100:.1f}% | "
                              f"{c['concept_accuracy'] * 100:.1f}% | "
                              f"{c['fd_judge']:.3f} | {c['fd_floor']:.3f} | {c['real_accuracy'] * 100:.1f}% |"
-                             + (f" {c['extra_objects']:.2f} |" if "extra_objects" in c else ""))
+                             + "".join(f" {show(c[key])} |" if key in c else " |" for key, _, show in extra))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     _plot(cells, names, ks, spec, out / "accuracy.png")
 
@@ -261,7 +304,11 @@ def _plot(cells: dict, names: list[str], ks: list[int], spec: dict, path: Path) 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name in names:
         pts = [(k, cells[f"{name}/K{k}"]["accuracy"] * 100) for k in ks if f"{name}/K{k}" in cells]
-        ax.plot(*zip(*pts), marker="o", label=name)
+        line, = ax.plot(*zip(*pts), marker="o", label=name)
+        region = [(k, cells[f"{name}/K{k}"]["in_region"] * 100) for k in ks
+                  if "in_region" in cells.get(f"{name}/K{k}", {})]
+        if region:  # the same method, in its boxes: dashed, same colour
+            ax.plot(*zip(*region), marker="x", linestyle="--", color=line.get_color(), label=f"{name} (in region)")
     ax.set(xlabel="number of concepts K" + (" (+1 NOT)" if spec["negate"] else ""), ylabel="accuracy (%)",
            ylim=(0, 102), xticks=ks, title=f"{spec['task']}: composition accuracy (judge)")
     ax.grid(alpha=0.3)

@@ -12,6 +12,14 @@ Set i of size K depends only on (seed, K, i). With a held-out split (``compdiff.
 ``sets="seen"`` keeps only the sets that ask for no held-out combination and ``sets="held-out"``
 only those that ask for at least one (each still read off a real scene, so still jointly
 satisfiable); both draw from the same stream as ``sets="all"`` and skip the others.
+
+Regions (tasks whose concepts are single objects, ``Task.region_center``: described): each
+positive concept gets a square box of side ``size`` centred on the real object of the set's
+scene that it describes, moved (not shrunk) to lie inside the image, and corners printed with
+3 decimals (``region_box``); ``ConceptSet.expression(task, regions=size)`` writes every positive
+concept with its box, ``"a small red metal cube" @ (0.100, 0.200, 0.500, 0.600)`` (x0, y0, x1,
+y1; origin top left, y down), the negated concept without one. ``in_region`` checks a judged
+scene against those boxes.
 """
 from __future__ import annotations
 
@@ -24,11 +32,56 @@ from compdiff.errors import InputError
 from compdiff.expr import quote
 from compdiff.world.holdout import HoldOut
 from compdiff.world.scene import Scene, scene_at
-from compdiff.world.tasks import Task
+from compdiff.world.tasks import Task, get_task, task_names
 
 Sets = Literal["all", "seen", "held-out"]
 #: draws per requested set before a filter is declared unsatisfiable
 MAX_DRAWS_PER_SET = 2000
+#: the default side of a concept's box (a fraction of the image side)
+REGION_SIZE = 0.4
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1: fractions of the image, origin top left
+
+
+def has_regions(task: Task) -> bool:
+    """Whether ``task``'s concepts are single objects that get boxes (it implements ``region_center``)."""
+    return type(task).region_center is not Task.region_center
+
+
+def region_tasks() -> list[str]:
+    """The registered tasks whose concepts are single objects (``has_regions``)."""
+    return [n for n in task_names() if has_regions(get_task(n))]
+
+
+def check_regions(task: Task, method: str = "composed-regions") -> None:
+    """InputError unless ``task`` gives its concepts boxes (``has_regions``)."""
+    if not has_regions(task):
+        raise InputError(f"{method} needs a task whose concepts are single objects: "
+                         f"{', '.join(region_tasks()) or 'none is registered'} (not {task.name})")
+
+
+def region_box(x: float, y: float, size: float = REGION_SIZE) -> Box:
+    """The square box of side ``size`` (0 < size <= 1) centred on (x, y), moved back into [0, 1]^2
+    where it sticks out (its size is kept), corners rounded to 3 decimals (what the expression
+    prints: x1 - x0 = size exactly when size has at most 3 decimals)."""
+    if not 0.0 < size <= 1.0:
+        raise InputError(f"the region size must be in (0, 1], got {size}")
+
+    def lo(c: float) -> float:
+        return round(min(max(c - size / 2, 0.0), 1.0 - size), 3)
+
+    x0, y0 = lo(x), lo(y)
+    return x0, y0, round(min(x0 + size, 1.0), 3), round(min(y0 + size, 1.0), 3)
+
+
+def format_box(box: Box) -> str:
+    """``@ (x0, y0, x1, y1)`` with 3 decimals, the region syntax of compdiff.expr."""
+    return "@ (" + ", ".join(f"{v:.3f}" for v in box) + ")"
+
+
+def inside(x: float, y: float, box: Box) -> bool:
+    """Is (x, y) in the closed box?"""
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
 @dataclass(frozen=True)
@@ -37,9 +90,32 @@ class ConceptSet:
     negative: Any | None
     scene: Scene  # a ground-truth scene where the set holds
 
-    def expression(self, task: Task) -> str:
-        text = " AND ".join(quote(task.format(c)) for c in self.positives)
+    def expression(self, task: Task, regions: float | None = None) -> str:
+        """The set as an expression; with ``regions`` (a box size), each positive concept
+        confined to its box (``boxes``)."""
+        texts = [quote(task.format(c)) for c in self.positives]
+        if regions is not None:
+            texts = [f"{t} {format_box(b)}" for t, b in zip(texts, self.boxes(task, regions))]
+        text = " AND ".join(texts)
         return text + (f" AND NOT {quote(task.format(self.negative))}" if self.negative is not None else "")
+
+    def boxes(self, task: Task, size: float = REGION_SIZE) -> tuple[Box, ...]:
+        """Per positive concept, the box of side ``size`` around the object of ``scene`` it
+        describes (``region_box``). InputError for a task without ``region_center``."""
+        check_regions(task)
+        out = []
+        for c in self.positives:
+            center = task.region_center(c, self.scene)
+            if center is None:
+                raise ValueError(f"{task.format(c)!r} describes no object of the set's scene")
+            out.append(region_box(*center, size))
+        return tuple(out)
+
+    def in_region(self, task: Task, scene: Scene, size: float = REGION_SIZE) -> list[bool]:
+        """Per positive concept: does some object of ``scene`` (a judged one) that the concept
+        describes have its centre inside the concept's box? (``task.holds`` without its box.)"""
+        return [task.holds(c, Scene(tuple(o for o in scene.objects if inside(o.x, o.y, b)), scene.layout))
+                for c, b in zip(self.positives, self.boxes(task, size))]
 
     def satisfied_by(self, task: Task, scene: Scene) -> bool:
         ok = all(task.holds(c, scene) for c in self.positives)

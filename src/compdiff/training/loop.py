@@ -45,7 +45,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 MAX_LR = 1.0
 #: where training scenes come from; "torch" covers the built-in tasks (world/batch.py)
 SCENES = ("python", "torch")
-TORCH_TASKS = ("objects", "relations", "attributes")
+TORCH_TASKS = ("objects", "relations", "attributes", "described")
 #: UNet block widths: 1 to MAX_LEVELS blocks, each a multiple of 8 (the group norm's 8 groups) up to MAX_WIDTH
 MAX_LEVELS, MAX_WIDTH = 6, 1024
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,7 +40,7 @@ from compdiff.world.holdout import MAX_ATTEMPTS
 from compdiff.world.render import Packed, render_packed
 from compdiff.world.scene import (BORDER, COLORS, EXTENT, LAYOUTS, MATERIALS, SHAPES, SIZES,
                                   ZOOM, Layout, Obj, Scene)
-from compdiff.world.tasks import (RELATIONS, VOCAB, AttributesTask, ObjectsTask,
+from compdiff.world.tasks import (RELATIONS, VOCAB, AttributesTask, DescribedTask, ObjectsTask,
                                   RelationsTask, Task)
 
 #: position draws per object before a dead end, as in scene._sample_free
@@ -280,6 +281,32 @@ def _attributes_rows(s: SceneBatch, gen: torch.Generator) -> Tensor:
     return words.gather(1, kind)
 
 
+def _keep_patterns(n_words: int, omit_prob: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every pattern of kept words but keep-none, (P, n_words) bool (pattern i keeps word w where
+    bit w of i + 1 is set), and the cumulative probabilities (P,) float32 of drawing each: every
+    word kept with prob. 1 - omit_prob, independently, conditioned on keeping at least one (the
+    redraw of DescribedTask.sample_concept). The probabilities are computed on the host in float64."""
+    patterns = range(1, 2**n_words)
+    p = [float(np.prod([1.0 - omit_prob if i >> w & 1 else omit_prob for w in range(n_words)])) for i in patterns]
+    cdf = np.cumsum(p) / sum(p)
+    bits = [[bool(i >> w & 1) for w in range(n_words)] for i in patterns]
+    return (torch.tensor(bits, dtype=torch.bool, device=device),
+            torch.tensor(cdf, dtype=torch.float32, device=device))
+
+
+def _described_rows(s: SceneBatch, gen: torch.Generator, omit_prob: float) -> Tensor:
+    """(B, 4) int64 rows of DescribedTask.sample_concept: [shape, color, size, material] (index + 1)
+    of a uniform object, times a draw of the kept words (0 = omitted) among the 15 patterns that
+    keep at least one, each with its probability under independent omission with omit_prob."""
+    B = s.valid.shape[0]
+    j = _uniform_choice(s.valid, gen)[:, None]
+    words = torch.cat([t.gather(1, j) for t in s[:4]], 1) + 1               # (B, 4)
+    bits, cdf = _keep_patterns(4, omit_prob, gen.device)
+    u = torch.rand(B, generator=gen, device=gen.device)
+    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)  # inverse CDF
+    return words * bits[pick]
+
+
 def label_rows(task: Task, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
     """(B, D) condition rows of ``task.dtype``: one true concept per scene, drawn with
     ``task.sample_concept``'s probabilities. Built-in tasks only (exact types: a subclass
@@ -290,10 +317,12 @@ def label_rows(task: Task, scenes: SceneBatch, generator: torch.Generator) -> Te
         rows = _relations_rows(scenes, generator, task.margin, task.omit_prob)
     elif type(task) is AttributesTask:
         rows = _attributes_rows(scenes, generator)
+    elif type(task) is DescribedTask:
+        rows = _described_rows(scenes, generator, task.omit_prob)
     else:
         raise InputError(f"task {task.name!r} has no batched labels on the device; built-in "
                          f"tasks only ({ObjectsTask.name}, {RelationsTask.name}, "
-                         f"{AttributesTask.name}): use WorldDataset.batch(indices)")
+                         f"{AttributesTask.name}, {DescribedTask.name}): use WorldDataset.batch(indices)")
     return rows.to(task.dtype)
 
 

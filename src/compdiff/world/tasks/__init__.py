@@ -10,6 +10,7 @@ from __future__ import annotations
 from compdiff.errors import InputError
 from compdiff.world.tasks.attributes import VOCAB, Attribute, AttributesTask
 from compdiff.world.tasks.base import Task, TaskEncoder
+from compdiff.world.tasks.described import DescribedTask
 from compdiff.world.tasks.objects import RADIUS, ObjectsTask, Position
 from compdiff.world.tasks.relations import (MARGIN, RELATIONS, Desc, Relation,
                                             RelationsTask, relation_holds)
@@ -60,9 +61,10 @@ def task_help() -> str:
 
 
 #: the built-in tasks (``task_names()`` also lists tasks registered later)
-TASKS = tuple(register_task(t).name for t in (ObjectsTask(), RelationsTask(), AttributesTask()))
+TASKS = tuple(register_task(t).name
+              for t in (ObjectsTask(), RelationsTask(), AttributesTask(), DescribedTask()))
 
 __all__ = ["TASKS", "get_task", "register_task", "unregister_task", "task_names", "task_help",
            "Task", "TaskEncoder", "ObjectsTask", "Position", "RADIUS",
            "RelationsTask", "Relation", "Desc", "RELATIONS", "MARGIN", "relation_holds",
-           "AttributesTask", "Attribute", "VOCAB"]
+           "AttributesTask", "Attribute", "VOCAB", "DescribedTask"]

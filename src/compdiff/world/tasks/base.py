@@ -45,7 +45,7 @@ def parse_error(text: str, start: int, what: str, accepted: str) -> ParseError:
 
 
 class Task(ABC, Generic[C]):
-    """A concept language over scenes (see objects.py, relations.py, attributes.py).
+    """A concept language over scenes (see objects.py, relations.py, attributes.py, described.py).
 
     Required hooks are abstract; ``name``, ``help`` and ``max_k`` may be plain
     class attributes in a subclass. The scene stream is set by ``layout``,
@@ -125,6 +125,12 @@ class Task(ABC, Generic[C]):
         """May ``candidate`` join ``positives`` under NOT? False where the pair would
         be trivial (e.g. NOT blue next to red on one object)."""
         return True
+
+    def region_center(self, concept: C, scene: Scene) -> tuple[float, float] | None:
+        """Where in ``scene`` the one object that ``concept`` describes is centred, (x, y): the
+        centre of a concept's box under regional composition (eval method ``composed-regions``).
+        None (the default) for a task whose concepts are not single objects."""
+        return None
 
     def extra_metrics(self, sets: Sequence[ConceptSet], judged: Sequence[Scene]) -> dict[str, float]:
         """Task-specific scores of the judged images of ``sets`` (one scene per set),
