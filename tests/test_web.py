@@ -1,5 +1,6 @@
 """compdiff serve's logic (compdiff.web.core) without a browser: the live display, the sliders,
-the canvas, the limits, the models, and images equal to the CLI's for the same settings."""
+the canvas, regions (boxes drawn, typed, listed), the limits, the models, and images equal to
+the CLI's for the same settings."""
 import re
 import shlex
 import subprocess
@@ -302,5 +303,172 @@ def test_the_page_builds(tiny_store):
     demo = build_app(tiny_store, Limits(max_concepts=4))
     assert isinstance(demo, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
-    assert {"expr", "analysis", "canvas", "generate", "stop", "gallery", "command", "weight-3"} <= ids
+    assert {"expr", "analysis", "canvas", "generate", "stop", "gallery", "command", "weight-3", "regions",
+            "region-concept", "region-clear", "region-note", "feather", "region-mode"} <= ids
     assert "weight-4" not in ids  # one slider per allowed concept
+
+
+# ---- regions: boxes drawn on the canvas, typed by hand, drawn back ----------------------------
+
+
+def test_drag_to_box_sorts_clamps_and_rounds():
+    assert str(core.drag_to_box([0.1, 0.2, 0.5, 0.9])) == "(0.1, 0.2, 0.5, 0.9)"
+    assert core.drag_to_box((0.5, 0.9, 0.1, 0.2)).coords == (0.1, 0.2, 0.5, 0.9)  # dragged from any corner
+    assert core.drag_to_box((0.12345, 0.2, 0.56789, -0.3)).coords == (0.123, 0.0, 0.568, 0.2)
+    assert core.drag_to_box((-1, -1, 2, 2)).coords == (0.0, 0.0, 1.0, 1.0)  # clamped into the image
+    for bad in [None, (0.1, 0.2, 0.3), "0.1,0.2,0.3,0.4", (0.1, "a", 0.3, 0.4), (0.1, float("nan"), 0.3, 0.4),
+                (True, 0.2, 0.3, 0.4), (0.5, 0.5, 0.505, 0.9), (0.1, 0.3, 0.9, 0.3)]:
+        with pytest.raises(InputError):
+            core.drag_to_box(bad)
+
+
+def test_a_drawn_box_becomes_the_concepts_region():
+    box = core.drag_to_box((0.1, 0.2, 0.5, 0.9))
+    text = core.set_leaf_region('"a red cube" AND NOT "metal":0.5', 0, box, LIMITS)
+    assert text == '"a red cube" @ (0.100, 0.200, 0.500, 0.900) AND NOT "metal":0.5'
+    assert parse(text).clauses()[0].terms[0].region == box
+    # on a NOT leaf, inside parentheses and an OR: only that leaf changes
+    text = core.set_leaf_region('("a" OR "b") AND NOT "c"', 2, box, LIMITS)
+    assert text == '("a" OR "b") AND NOT "c" @ (0.100, 0.200, 0.500, 0.900)'
+    text = core.set_leaf_region('("a" OR "b") AND NOT "c"', 1, box, LIMITS)
+    assert text == '("a" OR "b" @ (0.100, 0.200, 0.500, 0.900)) AND NOT "c"'
+    # the same concept twice: the leaf chosen, not its twin
+    assert core.set_leaf_region('"a" AND "a"', 1, box, LIMITS) == '"a" AND "a" @ (0.100, 0.200, 0.500, 0.900)'
+
+
+def test_a_drawn_box_replaces_the_region_a_concept_has():
+    box = core.drag_to_box((0.25, 0.0, 0.75, 0.5))
+    for typed in ['"a" @ left', '"a" @ (0.1, 0.2, 0.3, 0.4)', '"a":2 @ right', '"a" @ top :2']:
+        text = core.set_leaf_region(typed + ' AND "b" @ bottom', 0, box, LIMITS)
+        assert text.count("@") == 2 and text.endswith('AND "b" @ bottom')
+        assert text.startswith('"a"') and " @ (0.250, 0.000, 0.750, 0.500)" in text
+        a = next(t for t in parse(text).clauses()[0].terms if t.concept == "a")
+        assert a.region == box and a.weight == (2.0 if ":2" in typed else 1.0)  # the weight stays
+    # None clears the region (the "Clear its region" button)
+    assert core.set_leaf_region('"a" @ left AND "b"', 0, None, LIMITS) == '"a" AND "b"'
+
+
+def test_region_edits_need_an_expression_and_a_concept():
+    box = core.drag_to_box((0.1, 0.1, 0.9, 0.9))
+    with pytest.raises(InputError, match="dangling AND at column 5"):
+        core.set_leaf_region('"a" AND', 0, box, LIMITS)
+    with pytest.raises(InputError, match="empty expression"):
+        core.set_leaf_region("", 0, box, LIMITS)
+    for bad in [2, -1, None, "0", 0.5, True]:
+        with pytest.raises(InputError, match="choose one of the 2 concepts"):
+            core.set_leaf_region('"a" AND "b"', bad, box, LIMITS)
+
+
+def test_canonical_text_keeps_drawn_boxes_in_three_decimals():
+    drawn = '"a" @ (0.100, 0.200, 0.500, 0.900) AND "b" @ (0.1234, 0.2, 0.5, 0.9)'
+    # a slider move rewrites the text: the drawn box keeps its 3 decimals, a finer typed box its digits
+    assert core.set_leaf_weight(drawn, 0, 2.0, LIMITS) == \
+        '"a":2.0 @ (0.100, 0.200, 0.500, 0.900) AND "b" @ (0.1234, 0.2, 0.5, 0.9)'
+    # quoted concept text that looks like a box is text, left alone
+    text = '"x @ (0.1, 0.2, 0.3, 0.4)" @ (0.5, 0, 1, 1)'
+    assert core.canonical(parse(text)) == '"x @ (0.1, 0.2, 0.3, 0.4)" @ (0.500, 0.000, 1.000, 1.000)'
+    for t in [drawn, text, DEMO, '"a \\" @ (0.1, 0.2, 0.3, 0.4)" @ left']:
+        assert parse(core.canonical(parse(t))) == parse(t)
+
+
+def test_regions_are_listed_and_drawn():
+    text = '"a red cube" @ (0.1, 0.2, 0.5, 0.9) AND NOT "metal" @ left AND "sky" AND "<b>x</b>" @ top-right'
+    a = core.analyze(text, LIMITS)
+    assert a.ok
+    assert [(r.index, r.concept, r.negated, r.region.coords) for r in a.regions] == [
+        (0, "a red cube", False, (0.1, 0.2, 0.5, 0.9)), (1, "metal", True, (0.0, 0.0, 0.5, 1.0)),
+        (3, "<b>x</b>", False, (0.5, 0.0, 1.0, 0.5))]
+    assert "| region |" in a.markdown and "| whole image |" in a.markdown  # the weights table names each region
+    assert core.analyze(DEMO, LIMITS).regions == [] and "| region |" not in core.analyze(DEMO, LIMITS).markdown
+    svg = core.regions_svg(a.regions, selected=1, size=200)
+    assert svg.startswith('<svg class="regions"') and 'viewBox="0 0 200 200"' in svg
+    groups = re.findall(r'<g class="region" data-index="(\d)"><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
+                        r'height="([\d.]+)"[^>]*stroke="([^"]+)" stroke-width="(\d)"', svg)
+    assert groups == [("0", "20.0", "40.0", "80.0", "140.0", core.PALETTE[0], "2"),
+                      ("1", "0.0", "0.0", "100.0", "200.0", core.NOT_COLOUR, "4"),  # chosen: thicker
+                      ("3", "100.0", "0.0", "100.0", "100.0", core.PALETTE[3], "2")]
+    assert ">1. a red cube</text>" in svg and ">2. NOT metal</text>" in svg
+    assert "<b>" not in svg and ">4. &lt;b&gt;x&lt;/b&gt;</text>" in svg  # user text is escaped
+    assert 'class="rubber"' in svg and 'visibility="hidden"' in svg  # the rectangle a drag moves
+    # the chooser names each concept with its region
+    assert core.concept_choices(a.leaves)[:2] == [("1. a red cube @ (0.100, 0.200, 0.500, 0.900)", 0),
+                                                  ("2. NOT metal @ left", 1)]
+
+
+@pytest.mark.parametrize("text,message,column", [
+    ('"a" @ (0.5, 0, 0.2, 1)', "empty region box", 7), ('"a" @ (0.1, 0.2, 1.5, 0.9)', "out of range", 18),
+    ('"a" @ lft', "unknown region 'lft'", 7), ('("a" AND "b") @ left', "a region on a group", 15),
+    ('"a" @', "'@' with no region", 5), ('"a" @ mask:face', "this page takes no mask images", 5)])
+def test_bad_regions_are_messages_with_their_column(tiny_store, text, message, column):
+    a = core.analyze(text, LIMITS)
+    assert not a.ok and a.column == column and message in a.markdown.replace("\\", "")
+    assert "^" in a.markdown and "Traceback" not in a.markdown
+    with pytest.raises(InputError, match=re.escape(message)):
+        core.generate(Settings(tiny_store.names()[0], text, n=1, steps=1), tiny_store, LIMITS)
+
+
+def test_feather_and_region_mode_are_checked(tiny_store):
+    name = tiny_store.names()[0]
+    for change, message in [({"feather": -0.1}, "feather"), ({"feather": 1.5}, "feather"),
+                            ({"feather": float("nan")}, "feather"), ({"feather": "x"}, "feather"),
+                            ({"feather": True}, "feather"), ({"feather": None}, "feather"),
+                            ({"region_mode": "median"}, "region mode"), ({"region_mode": None}, "region mode")]:
+        with pytest.raises(InputError, match=message):
+            core.check_settings(Settings(name, '"0.3,0.3" @ left', n=1, steps=1, **change), tiny_store, LIMITS)
+    c = core.check_settings(Settings(name, '"0.3,0.3" @ left', n=1, steps=1, feather="0.25"), tiny_store, LIMITS)
+    assert c.feather == 0.25 and c.settings.feather == 0.25 and c.has_regions
+
+
+REGIONS = '"0.2,0.2" @ (0.0, 0.0, 0.6, 0.6) AND "0.8,0.8" @ (0.4, 0.4, 1.0, 1.0)'
+
+
+def test_feather_and_region_mode_reach_compose(tiny_store, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("compdiff.compose")  # (compdiff.compose is also the function)
+    calls = []
+    real = module.compose
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "compose", spy)
+    name = tiny_store.names()[0]
+    core.generate(Settings(name, REGIONS, n=1, steps=1, feather=0.125, region_mode="normalize"), tiny_store, LIMITS)
+    assert calls[-1]["feather"] == 0.125 and calls[-1]["region_mode"] == "normalize"
+    core.generate(Settings(name, REGIONS, n=1, steps=1), tiny_store, LIMITS)
+    assert calls[-1]["feather"] == 0.0 and calls[-1]["region_mode"] == "sum"
+
+
+def test_regions_feather_and_mode_change_the_images_as_the_cli_does(tiny_store, tmp_path):
+    name = tiny_store.names()[0]
+    base = dict(n=2, seed=5, steps=3, guidance_scale=8.0)
+    plain = core.generate(Settings(name, REGIONS.replace(" @ (0.0, 0.0, 0.6, 0.6)", "").replace(
+        " @ (0.4, 0.4, 1.0, 1.0)", ""), **base), tiny_store, LIMITS)
+    boxed = core.generate(Settings(name, REGIONS, **base), tiny_store, LIMITS)
+    soft = core.generate(Settings(name, REGIONS, feather=0.25, **base), tiny_store, LIMITS)
+    shared = core.generate(Settings(name, REGIONS, region_mode="normalize", **base), tiny_store, LIMITS)
+    assert not np.array_equal(plain.raw, boxed.raw)  # the regions confine the guidance
+    assert not np.array_equal(boxed.raw, soft.raw)  # the feather softens their edges
+    assert not np.array_equal(boxed.raw, shared.raw)  # the boxes overlap: normalize shares the guidance there
+    assert "--feather" not in boxed.command and "--region-mode" not in boxed.command
+    argv = shlex.split(soft.command)
+    assert argv[2] == REGIONS and argv[argv.index("--feather") + 1] == "0.25"
+    argv = shlex.split(shared.command)
+    assert argv[argv.index("--region-mode") + 1] == "normalize"
+    for g in (soft, shared):  # the reproduce command writes the same images
+        for web, cli in zip(g.images, _cli_tiles(g.command, tmp_path, 2)):
+            assert np.array_equal(web, cli)
+    # without a region, feather and region mode change nothing, and the command leaves them out
+    same = core.generate(Settings(name, plain.command.split("'")[1], feather=0.25, region_mode="normalize", **base),
+                         tiny_store, LIMITS)
+    assert np.array_equal(same.raw, plain.raw) and same.command == plain.command
+    assert boxed.captions[0] == "seed 5"
+
+
+def test_captions_show_a_clauses_regions(tiny_store):
+    name = tiny_store.names()[0]
+    g = core.generate(Settings(name, '"0.2,0.2" @ (0.1, 0.1, 0.5, 0.5) OR "0.8,0.8" @ right', n=2, steps=1),
+                      tiny_store, LIMITS)
+    assert all(" @ (0.100, 0.100, 0.500, 0.500)" in c or " @ right" in c for c in g.captions)

@@ -20,30 +20,90 @@ import gradio as gr  # noqa: E402
 
 from compdiff.correctors import KERNELS  # noqa: E402
 from compdiff.errors import InputError  # noqa: E402
-from compdiff.expr.display import excerpt  # noqa: E402
 from compdiff.sampling import SAMPLERS  # noqa: E402
 from compdiff.web import core  # noqa: E402
-from compdiff.web.core import CANVAS_PX, CORRECTOR_OFF, Cancelled, Limits, ModelStore, Settings  # noqa: E402
+from compdiff.web.core import (CANVAS_PX, CORRECTOR_OFF, MAX_FEATHER, REGION_MODES, REGION_PX, Cancelled,  # noqa: E402
+                               Limits, ModelStore, Settings)
 
 TITLE = "compdiff: compose concepts"
 #: slider range of a concept's own weight (wider weights typed in the text widen it)
 SLIDER_MIN, SLIDER_MAX = 0.0, 4.0
 
-CSS = """
-#canvas img { cursor: crosshair; image-rendering: pixelated; }
-#gallery img { image-rendering: pixelated; }
-#analysis table { font-size: 0.9em; }
+CSS = f"""
+#canvas img {{ cursor: crosshair; image-rendering: pixelated; }}
+#gallery img {{ image-rendering: pixelated; }}
+#analysis table {{ font-size: 0.9em; }}
+#regions svg.regions {{ display: block; width: {REGION_PX}px; height: {REGION_PX}px; cursor: crosshair;
+  touch-action: none; user-select: none; -webkit-user-select: none; border: 1px solid #bbb; }}
+#regions .region-masks {{ font-size: 0.85em; }}
+"""
+
+#: the regions canvas's script (gr.HTML's js_on_load: ``element`` is the component's root, which
+#: outlives re-renders of its SVG, so the listeners sit on it). A drag with the primary button
+#: moves the dashed ``rubber`` rectangle; on release, the two corners (fractions of the square,
+#: x right, y down, clamped into [0, 1]) go to the server as a ``select`` event whose index is
+#: [x0, y0, x1, y1]; ``core.drag_to_box`` sorts, rounds and checks them. A click without a drag
+#: sends nothing.
+DRAG_JS = """
+const svg = () => element.querySelector('svg.regions');
+const clamp = (v) => Math.min(1, Math.max(0, v));
+const at = (ev) => {
+  const r = svg().getBoundingClientRect();
+  return [clamp((ev.clientX - r.left) / r.width), clamp((ev.clientY - r.top) / r.height)];
+};
+const band = (a, b) => {
+  const s = svg();
+  const rb = s && s.querySelector('rect.rubber');
+  if (!rb) return;
+  if (!a) { rb.setAttribute('visibility', 'hidden'); return; }
+  const w = s.viewBox.baseVal.width, h = s.viewBox.baseVal.height;
+  rb.setAttribute('x', Math.min(a[0], b[0]) * w);
+  rb.setAttribute('y', Math.min(a[1], b[1]) * h);
+  rb.setAttribute('width', Math.abs(b[0] - a[0]) * w);
+  rb.setAttribute('height', Math.abs(b[1] - a[1]) * h);
+  rb.setAttribute('visibility', 'visible');
+};
+let start = null;
+element.addEventListener('pointerdown', (ev) => {
+  const s = svg();
+  if (!s || !s.contains(ev.target) || ev.button !== 0) return;
+  ev.preventDefault();
+  start = at(ev);
+  try { element.setPointerCapture(ev.pointerId); } catch (e) {}
+  band(start, start);
+});
+element.addEventListener('pointermove', (ev) => { if (start) band(start, at(ev)); });
+const finish = (ev, send) => {
+  if (!start) return;
+  const a = start, b = at(ev);
+  start = null;
+  band(null);
+  if (send && (Math.abs(b[0] - a[0]) > 0.002 || Math.abs(b[1] - a[1]) > 0.002)) {
+    const box = [a[0], a[1], b[0], b[1]];
+    trigger('select', {index: box, value: box});
+  }
+};
+element.addEventListener('pointerup', (ev) => finish(ev, true));
+element.addEventListener('pointercancel', (ev) => finish(ev, false));
 """
 
 INTRO = """\
 # compdiff: compose concepts
 Type an expression: concepts in double quotes (or bare words) joined by **AND**, **NOT**, **OR**,
 with weights (`"a":1.5`) and parentheses. For the objects model a concept is a position `"x,y"` in
-[0, 1]² (y downward): click the canvas to add one."""
+[0, 1]² (y downward): click the canvas to add one. A concept can be confined to a region of the
+image: `"a red cube" @ left`, or drag a box on the regions square."""
 
 
 def _slider_label(i: int, leaf: core.Leaf) -> str:
-    return f"{i + 1}. {'NOT ' if leaf.negated else ''}{excerpt(leaf.concept, 48)}"
+    return core.leaf_label(i, leaf)
+
+
+def _chosen(value, rows) -> int | None:
+    """The region chooser's value after an edit: kept while its concept exists, else the first."""
+    if not rows:
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(rows) else 0
 
 
 class _Stops:
@@ -114,6 +174,24 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
                                       interactive=False, type="pil", format="png", height=CANVAS_PX,
                                       width=CANVAS_PX, buttons=[], elem_id="canvas")
                     negate = gr.Checkbox(False, label="clicks add NOT (a position to avoid)", elem_id="negate")
+                with gr.Column(elem_id="regions-box"):
+                    gr.Markdown("**Regions** (the square is the image; x right, y down): drag a box to confine "
+                                "the chosen concept to it; it becomes `@ (x0, y0, x1, y1)` in the expression. "
+                                "Regions typed by hand (`@ left`, `@ (0.1, 0.2, 0.5, 0.9)`) show here too.")
+                    with gr.Row(equal_height=False):
+                        region_concept = gr.Dropdown(core.concept_choices(a0.leaves),
+                                                     value=_chosen(0, a0.leaves), label="Box for concept",
+                                                     elem_id="region-concept", scale=3)
+                        region_clear = gr.Button("Clear its region", size="sm", elem_id="region-clear", scale=1,
+                                                 min_width=100)
+                    regions = gr.HTML(core.regions_svg(a0.regions, _chosen(0, a0.leaves)), html_template="${value}",
+                                      js_on_load=DRAG_JS, apply_default_css=False, elem_id="regions")
+                    region_note = gr.Markdown("", elem_id="region-note")
+                    with gr.Row():
+                        feather = gr.Slider(0, MAX_FEATHER, value=0.0, step=0.01, elem_id="feather", label="Feather",
+                                            info="soft region edge, a fraction of the image")
+                        region_mode = gr.Radio(list(REGION_MODES), value="sum", label="Where regions overlap",
+                                               elem_id="region-mode")
         with gr.Row():
             sampler = gr.Dropdown(sorted(SAMPLERS), value=d0["sampler"], label="Sampler", elem_id="sampler")
             steps = gr.Slider(1, limits.max_steps, value=d0["steps"], step=1, label="Steps", elem_id="steps")
@@ -135,12 +213,12 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
         command = gr.Textbox(label="Command that reproduces the gallery", interactive=False,
                              buttons=["copy"], elem_id="command")
 
-        # ---- live parsing: analysis, sliders, canvas --------------------------------
-        def refresh(text, model_name, s, m):
+        # ---- live parsing: analysis, sliders, canvases --------------------------------
+        def refresh(text, model_name, s, m, chosen):
             task = task_of(model_name)
             a = core.analyze(text if isinstance(text, str) else "", limits, task=task, guidance_scale=s, mode=m)
-            if a.expr is None:  # mid-typing: keep the sliders and the canvas as they are
-                return [a.markdown, gr.update()] + [gr.update() for _ in sliders]
+            if a.expr is None:  # mid-typing: keep the sliders and the canvases as they are
+                return [a.markdown, gr.update(), gr.update(), gr.update(), ""] + [gr.update() for _ in sliders]
             ups = []
             for i in range(len(sliders)):
                 if i < len(a.leaves):
@@ -150,11 +228,14 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
                 else:
                     ups.append(gr.update(visible=False))
             pic = core.canvas_image(a.markers) if task == "objects" else gr.update()
-            return [a.markdown, pic] + ups
+            chosen = _chosen(chosen, a.leaves)
+            choices = gr.update(choices=core.concept_choices(a.leaves), value=chosen)
+            return [a.markdown, pic, core.regions_svg(a.regions, chosen), choices, ""] + ups
 
-        live = [analysis, canvas, *sliders]
+        live = [analysis, canvas, regions, region_concept, region_note, *sliders]
+        live_inputs = [expr, model, scale, mode, region_concept]
         for trigger in (expr.change, scale.change, mode.change):
-            trigger(refresh, [expr, model, scale, mode], live, queue=False, show_progress="hidden")
+            trigger(refresh, live_inputs, live, queue=False, show_progress="hidden")
 
         def slider_moved(i):
             def fn(text, value):
@@ -174,6 +255,31 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
 
         canvas.select(canvas_click, [expr, negate], [expr], queue=False, show_progress="hidden")
 
+        # ---- regions: a box dragged on the square -> "@ (x0, y0, x1, y1)" on the chosen concept ----
+        def set_region(text, chosen, region):
+            try:
+                return core.set_leaf_region(text if isinstance(text, str) else "", chosen, region, limits), ""
+            except InputError as err:
+                return gr.update(), core.error_markdown(err, "Region not set")
+
+        def region_drawn(text, chosen, evt: gr.SelectData):
+            try:
+                region = core.drag_to_box(evt.index)
+            except InputError as err:
+                return gr.update(), core.error_markdown(err, "Region not set")
+            return set_region(text, chosen, region)
+
+        regions.select(region_drawn, [expr, region_concept], [expr, region_note], queue=False,
+                       show_progress="hidden")
+        region_clear.click(lambda text, chosen: set_region(text, chosen, None), [expr, region_concept],
+                           [expr, region_note], queue=False, show_progress="hidden")
+
+        def concept_chosen(text, chosen):
+            rows = core.leaf_weights(text if isinstance(text, str) else "", limits)
+            return core.regions_svg(core.region_boxes(rows), _chosen(chosen, rows)) if rows else gr.update()
+
+        region_concept.input(concept_chosen, [expr, region_concept], [regions], queue=False, show_progress="hidden")
+
         def model_changed(model_name):
             try:
                 d = store.defaults(model_name, limits)
@@ -183,19 +289,18 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
                     gr.update(visible=d["task"] == "objects"), ""]
 
         model.change(model_changed, [model], [expr, sampler, steps, scale, canvas_box, status], queue=False,
-                     show_progress="hidden").then(refresh, [expr, model, scale, mode], live, queue=False,
-                                                   show_progress="hidden")
+                     show_progress="hidden").then(refresh, live_inputs, live, queue=False, show_progress="hidden")
 
         # ---- generation ---------------------------------------------------------------
         def on_generate(model_name, text, n_, seed_, sampler_, steps_, scale_, corrector_, negation_, mode_,
-                        request: gr.Request, progress=gr.Progress()):
+                        feather_, region_mode_, request: gr.Request, progress=gr.Progress()):
             session = getattr(request, "session_hash", None) or "anonymous"
             flag = stops.start(session)
             t0 = time.perf_counter()
             try:
                 s = Settings(model=model_name, expr=text if isinstance(text, str) else "", n=n_, seed=seed_,
                              sampler=sampler_, steps=steps_, guidance_scale=scale_, corrector=corrector_,
-                             negation=negation_, mode=mode_)
+                             negation=negation_, mode=mode_, feather=feather_, region_mode=region_mode_)
                 g = core.generate(s, store, limits, should_stop=flag.is_set,
                                   progress=lambda done, total: progress((done, total), desc="sampling", unit="steps"))
             except Cancelled:
@@ -212,7 +317,7 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
             return items, g.command, f"{len(items)} image{'s' if len(items) != 1 else ''} in {took:.1f} s"
 
         gen_event = generate_btn.click(
-            on_generate, [model, expr, n, seed, sampler, steps, scale, corrector, negation, mode],
+            on_generate, [model, expr, n, seed, sampler, steps, scale, corrector, negation, mode, feather, region_mode],
             [gallery, command, status], concurrency_limit=1, concurrency_id="generate", api_name="generate",
             show_progress_on=[gallery])
 

@@ -10,6 +10,10 @@ only lays these functions out as a page.
   leaf's own ``:w``; moving a slider rewrites the expression (in its canonical text).
 * :func:`click_to_concept` / :func:`add_concept`: a click on the canvas -> ``"x,y"`` -> the
   expression gains ``AND "x,y"`` (or ``AND NOT "x,y"``).
+* :func:`drag_to_box` / :func:`set_leaf_region`: a box dragged on the regions canvas ->
+  ``Region.box`` (3 decimals) -> the chosen concept leaf gets ``@ (x0, y0, x1, y1)``, replacing
+  its region; :func:`region_boxes` / :func:`regions_svg`: the expression's regions drawn as
+  labelled rectangles. The expression text stays the only state: regions typed by hand show too.
 * :class:`ModelStore`: the models named when the server started, each opened ONCE (cached),
   with one lock per model so that one job at a time runs on it. The page names models only by
   these names: no path from the page ever reaches ``open_model``.
@@ -27,14 +31,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from compdiff.errors import InputError
+from compdiff.errors import InputError, ParseError
 from compdiff.expr import And, Concept, Expr, Not, Or, parse, quote
 from compdiff.expr.display import escape, excerpt
+from compdiff.expr.region import Region
 
 #: the corrector choice meaning "no corrector"
 CORRECTOR_OFF = "off"
 #: display size of the objects canvas (pixels); the world is 32x32
 CANVAS_PX = 256
+#: display size of the regions canvas (pixels): a square standing for the image, whatever its size
+REGION_PX = 256
+#: largest feather the page's slider offers (a fraction of the image; the library accepts up to 1)
+MAX_FEATHER = 0.25
+#: a box dragged on the regions canvas must be at least this wide and tall (a fraction of the image)
+MIN_BOX = 0.01
+#: how overlapping regions combine (``compose(region_mode=...)``, ``--region-mode``)
+REGION_MODES = ("sum", "normalize")
 #: generated images are shown (and downloaded) nearest-upscaled to at least this many pixels,
 #: like the tiles of ``compdiff sample``'s grid
 MIN_CELL = 128
@@ -85,20 +98,34 @@ def check_length(text: str, limits: Limits) -> None:
                          f"{limits.max_length}")
 
 
+_NO_MASK = re.compile(r"^(no mask named .* at column \d+): [^\n]*")
+
+
 def parse_limited(text: str, limits: Limits) -> Expr:
-    """``parse`` under the server's limits (length, number of concepts); InputError otherwise."""
+    """``parse`` under the server's limits (length, number of concepts); InputError otherwise.
+    The page takes no mask images, so a ``mask:NAME`` region is a ParseError at its '@'."""
     check_length(text, limits)
-    return parse(text, max_concepts=limits.max_concepts)
+    try:
+        return parse(text, max_concepts=limits.max_concepts, masks=())
+    except ParseError as err:
+        message = str(err)
+        if _NO_MASK.match(message):  # the parser's hint names the CLI's --mask; say what works here
+            raise ParseError(_NO_MASK.sub(r"\1: this page takes no mask images; drag a box on the regions "
+                                          "canvas, or write a box (x0, y0, x1, y1) or a named region such "
+                                          "as left", message, count=1)) from None
+        raise
 
 
 @dataclass(frozen=True)
 class Leaf:
-    """One concept leaf of the tree, left to right: its text, its own ``:w`` and whether it
-    counts against the image (an odd number of NOTs above it, or a negative product of weights)."""
+    """One concept leaf of the tree, left to right: its text, its own ``:w``, whether it
+    counts against the image (an odd number of NOTs above it, or a negative product of weights)
+    and its region (None: the whole image)."""
 
     concept: str
     weight: float
     negated: bool
+    region: Region | None = None
 
 
 def leaves(expr: Expr) -> list[Leaf]:
@@ -107,7 +134,7 @@ def leaves(expr: Expr) -> list[Leaf]:
 
     def walk(e: Expr, sign: float) -> None:
         if isinstance(e, Concept):
-            out.append(Leaf(e.text, e.weight, sign * e.weight < 0))
+            out.append(Leaf(e.text, e.weight, sign * e.weight < 0, e.region))
         elif isinstance(e, Not):
             walk(e.child, -sign)
         else:  # And / Or: a negative group weight flips its children
@@ -126,15 +153,55 @@ def leaf_weights(text: str, limits: Limits) -> list[Leaf]:
         return []
 
 
-def _replace_leaf(e: Expr, index: int, weight: float, counter: list[int]) -> Expr:
+def _replace_leaf(e: Expr, index: int, change: Callable[[Concept], Concept], counter: list[int]) -> Expr:
+    """``e`` with concept leaf ``index`` (text order, as :func:`leaves`) replaced by ``change(leaf)``."""
     if isinstance(e, Concept):
         i = counter[0]
         counter[0] += 1
-        return replace(e, weight=weight) if i == index else e
+        return change(e) if i == index else e
     if isinstance(e, Not):
-        return Not(_replace_leaf(e.child, index, weight, counter))
+        return Not(_replace_leaf(e.child, index, change, counter))
     assert isinstance(e, (And, Or))
-    return type(e)(tuple(_replace_leaf(c, index, weight, counter) for c in e.children), e.weight)
+    return type(e)(tuple(_replace_leaf(c, index, change, counter) for c in e.children), e.weight)
+
+
+def _box_text(values: Sequence[float]) -> str | None:
+    """A box's coordinates with 3 decimals (``0.100, 0.250, 0.500, 0.900``) when 3 decimals
+    hold them exactly (boxes drawn on the canvas always), else None."""
+    if len(values) != 4 or any(round(v, 3) != v for v in values):
+        return None
+    return ", ".join(f"{v + 0.0:.3f}" for v in values)
+
+
+def region_text(region: Region | None) -> str:
+    """A region as the expression writes it: ``left``, ``(0.100, 0.200, 0.500, 0.900)``, ``mask:face``
+    ("" for None). Boxes get 3 decimals where that is exact, else their canonical form."""
+    if region is None:
+        return ""
+    if region.kind == "box":
+        body = _box_text(region.coords)  # type: ignore[arg-type]
+        if body is not None:
+            return f"({body})"
+    return str(region)
+
+
+#: a quoted concept (skipped) or a region box, in canonical text
+_CANONICAL_BOX = re.compile(r'"(?:[^"\\]|\\.)*"|@ \(([^()"]*)\)')
+
+
+def canonical(expr: Expr) -> str:
+    """``str(expr)`` (the canonical text the sliders and boxes write back), with each region box
+    in 3 decimals where that is exact, as boxes are drawn: it parses back to the same tree."""
+    def fix(m: re.Match) -> str:
+        if m.group(1) is None:  # quoted concept text: as it is
+            return m.group(0)
+        try:
+            body = _box_text([float(v) for v in m.group(1).split(",")])
+        except ValueError:
+            body = None
+        return m.group(0) if body is None else f"@ ({body})"
+
+    return _CANONICAL_BOX.sub(fix, str(expr))
 
 
 def set_leaf_weight(text: str, index: int, weight: float, limits: Limits) -> str:
@@ -146,9 +213,23 @@ def set_leaf_weight(text: str, index: int, weight: float, limits: Limits) -> str
         w = round(float(weight), 3) + 0.0
         if not 0 <= int(index) < len(leaves(expr)) or not math.isfinite(w):
             return text
-        return str(_replace_leaf(expr, int(index), w, [0]))
+        return canonical(_replace_leaf(expr, int(index), lambda c: replace(c, weight=w), [0]))
     except (InputError, TypeError, ValueError):
         return text
+
+
+def set_leaf_region(text: str, index: int, region: Region | None, limits: Limits) -> str:
+    """``text`` with concept leaf ``index``'s region set to ``region`` (None: removed), replacing
+    the region it had, written back as canonical text (:func:`canonical`). InputError, with a
+    message for the page, when ``text`` does not parse or has no leaf ``index``."""
+    expr = parse_limited(text, limits)
+    n = len(leaves(expr))
+    if isinstance(index, bool) or not isinstance(index, (int, float)) or not 0 <= index < n or index != int(index):
+        if n == 0:
+            raise InputError("type a concept first")
+        raise InputError(f"choose one of the {n} concept{'s' if n != 1 else ''} for the region, "
+                         f"got {excerpt(repr(index), 40)}")
+    return canonical(_replace_leaf(expr, int(index), lambda c: replace(c, region=region), [0]))
 
 
 def _num(x: float) -> str:
@@ -157,11 +238,12 @@ def _num(x: float) -> str:
 
 
 def format_clause(terms: Sequence[Any]) -> str:
-    """An AND clause's terms as expression text: ``"a" AND NOT "b":0.5``."""
+    """An AND clause's terms as expression text: ``"a" @ left AND NOT "b":0.5``."""
     parts = []
     for t in terms:
         w = abs(t.weight)
-        body = quote(t.concept) + ("" if w == 1.0 else ":" + _num(w))
+        region = getattr(t, "region", None)
+        body = quote(t.concept) + ("" if w == 1.0 else ":" + _num(w)) + (f" @ {region_text(region)}" if region else "")
         parts.append(("NOT " if t.weight < 0 else "") + body)
     return " AND ".join(parts) if parts else "(no concept)"
 
@@ -198,7 +280,8 @@ def error_column(err: BaseException) -> int | None:
 @dataclass
 class Analysis:
     """What the page shows for an expression: ``ok``, the Markdown, the slider rows, the
-    canvas markers ((x, y, negative) for each position concept) and the parsed tree."""
+    canvas markers ((x, y, negative) for each position concept), the parsed tree and the
+    regions to draw (:func:`region_boxes`)."""
 
     ok: bool
     markdown: str
@@ -206,6 +289,7 @@ class Analysis:
     markers: list[tuple[float, float, bool]] = field(default_factory=list)
     expr: Expr | None = None
     column: int | None = None
+    regions: list["RegionBox"] = field(default_factory=list)
 
 
 def check_concepts(expr: Expr, task: str | None) -> None:
@@ -249,25 +333,34 @@ def analyze(text: str, limits: Limits, *, task: str | None = None, guidance_scal
         return Analysis(False, error_markdown(err, "Parse error"), column=col)
     rows = leaves(expr)
     markers = _markers(rows) if task == "objects" else []
+    boxes = region_boxes(rows)
     try:
         check_concepts(expr, task)
         clauses = expr.clauses()
     except InputError as err:
-        return Analysis(False, error_markdown(err, "Error"), rows, markers, expr)
+        return Analysis(False, error_markdown(err, "Error"), rows, markers, expr, regions=boxes)
     rule = "w·s" if mode == "sum" else "w·s/P"
     parts = [f"**Parsed** ({len(rows)} concept{'s' if len(rows) != 1 else ''}), canonical text and tree:",
-             _code_block(escape(str(expr)) + "\n\n" + expr.pretty())]
+             _code_block(escape(canonical(expr)) + "\n\n" + expr.pretty())]
     for i, clause in enumerate(clauses):
         if len(clauses) > 1:
             parts.append(f"clause {i + 1} of {len(clauses)}, pi = {clause.weight:.4g}:")
         eff = effective_weights(list(clause.terms), scale, mode)
-        table = [f"| concept | weight | effective ({rule}, s = {_num(scale)}) |", "|---|---:|---:|"]
-        table += [f"| {_md_escape(quote(t.concept))} | {_num(t.weight)} | {_num(e)} |"
-                  for t, e in zip(clause.terms, eff)]
+        if any(t.region is not None for t in clause.terms):  # a region column only where there are regions
+            table = [f"| concept | region | weight | effective ({rule}, s = {_num(scale)}) |", "|---|---|---:|---:|"]
+            table += [f"| {_md_escape(quote(t.concept))} | {_md_escape(region_text(t.region) or 'whole image')} | "
+                      f"{_num(t.weight)} | {_num(e)} |" for t, e in zip(clause.terms, eff)]
+        else:
+            table = [f"| concept | weight | effective ({rule}, s = {_num(scale)}) |", "|---|---:|---:|"]
+            table += [f"| {_md_escape(quote(t.concept))} | {_num(t.weight)} | {_num(e)} |"
+                      for t, e in zip(clause.terms, eff)]
         parts.append("\n".join(table))
     if len(clauses) > 1:
         parts.append("OR is a mixture: each image follows one clause, drawn with probability pi.")
-    return Analysis(True, "\n\n".join(parts), rows, markers, expr)
+    if boxes:
+        parts.append("A concept with a region guides only inside it (box: x0, y0, x1, y1, fractions of the "
+                     "image, origin top left).")
+    return Analysis(True, "\n\n".join(parts), rows, markers, expr, regions=boxes)
 
 
 def _markers(rows: list[Leaf]) -> list[tuple[float, float, bool]]:
@@ -342,6 +435,120 @@ def canvas_image(markers: Sequence[tuple[float, float, bool]], size: int = CANVA
         else:
             d.ellipse(box, fill=(60, 170, 80), outline=(20, 110, 40), width=2)
     return img
+
+
+# --------------------------------------------------------------------------
+# the regions canvas (every model): boxes dragged on a square standing for the image
+
+
+def drag_to_box(box: Sequence[float]) -> Region:
+    """A drag on the regions canvas -> a box region. ``box``: the drag's two corners
+    (x0, y0, x1, y1) as fractions of the canvas (x right, y down), in any order; clamped into
+    [0, 1], sorted, rounded to 3 decimals. InputError for anything but 4 finite numbers, or a
+    box under ``MIN_BOX`` wide or tall (a click, or a line)."""
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or isinstance(box, (str, bytes)) or any(isinstance(v, bool) for v in box):
+        raise InputError(f"a drawn box must give 4 numbers (x0, y0, x1, y1), got {excerpt(repr(box), 60)}")
+    if not all(math.isfinite(v) for v in values):
+        raise InputError("a drawn box must give finite numbers")
+    x0, y0, x1, y1 = (round(min(max(v, 0.0), 1.0), 3) + 0.0 for v in values)
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    if x1 - x0 < MIN_BOX or y1 - y0 < MIN_BOX:
+        raise InputError(f"the box is too small ({x1 - x0:.3f} wide, {y1 - y0:.3f} tall); drag out a box at "
+                         f"least {MIN_BOX:g} of the image wide and tall")
+    return Region.box(x0, y0, x1, y1)
+
+
+@dataclass(frozen=True)
+class RegionBox:
+    """A region to draw: its concept leaf (``index``, 0-based in text order as the sliders;
+    the label shows index + 1), the concept, whether it counts against the image, the region."""
+
+    index: int
+    concept: str
+    negated: bool
+    region: Region
+
+
+def region_boxes(rows: Sequence[Leaf]) -> list[RegionBox]:
+    """The leaves (:func:`leaves`) that have a region, as boxes to draw."""
+    return [RegionBox(i, leaf.concept, leaf.negated, leaf.region) for i, leaf in enumerate(rows)
+            if leaf.region is not None]
+
+
+def leaf_label(i: int, leaf: Leaf, width: int = 48) -> str:
+    """``3. NOT a red cube @ left``: a leaf as the sliders and the region chooser name it."""
+    region = f" @ {region_text(leaf.region)}" if leaf.region is not None else ""
+    return f"{i + 1}. {'NOT ' if leaf.negated else ''}{excerpt(leaf.concept, width)}{region}"
+
+
+def concept_choices(rows: Sequence[Leaf]) -> list[tuple[str, int]]:
+    """The region chooser's entries: (label, leaf index)."""
+    return [(leaf_label(i, leaf), i) for i, leaf in enumerate(rows)]
+
+
+#: one outline colour per concept leaf (cycled); NOT is always red and dashed
+PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
+NOT_COLOUR = "#d62728"
+
+
+def _attr(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def regions_svg(boxes: Sequence[RegionBox], selected: int | None = None, size: int = REGION_PX) -> str:
+    """The regions canvas as SVG markup (all user text escaped): a ``size``-pixel square with a
+    light grid (eighths; halves darker), each box region a labelled rectangle (``1. a red cube``,
+    one colour per concept, NOT red and dashed; the concept chosen for drawing, ``selected``,
+    drawn thicker), and the hidden ``rubber`` rectangle the page's script moves during a drag.
+    Masks (not drawn) are listed under the square."""
+    s = size
+    out = [(f'<svg class="regions" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {s} {s}" width="{s}" '
+            f'height="{s}" role="img" aria-label="regions canvas: drag a box">'),
+           f'<rect class="bg" x="0" y="0" width="{s}" height="{s}" fill="#f6f6f6"/>']
+    for k in range(1, 8):
+        c = round(k * s / 8)
+        colour = "#aaaaaa" if k == 4 else "#d4d4d4"
+        out.append(f'<line x1="{c}" y1="0" x2="{c}" y2="{s}" stroke="{colour}" stroke-width="1"/>')
+        out.append(f'<line x1="0" y1="{c}" x2="{s}" y2="{c}" stroke="{colour}" stroke-width="1"/>')
+    masks = []
+    used: dict[tuple[int, int], int] = {}
+    for b in boxes:
+        if b.region.coords is None:
+            masks.append(b)
+            continue
+        x0, y0, x1, y1 = (v * s for v in b.region.coords)
+        colour = NOT_COLOUR if b.negated else PALETTE[b.index % len(PALETTE)]
+        width = 4 if b.index == selected else 2
+        dash = ' stroke-dasharray="6 4"' if b.negated else ""
+        out.append(f'<g class="region" data-index="{b.index}">')
+        out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" fill="{colour}" '
+                   f'fill-opacity="0.12" stroke="{colour}" stroke-width="{width}"{dash}/>')
+        label = f"{b.index + 1}. {'NOT ' if b.negated else ''}{excerpt(b.concept, 28)}"
+        corner = (round(x0), round(y0))
+        shift = used.get(corner, 0)  # labels of boxes sharing a corner stack downwards
+        used[corner] = shift + 1
+        ty = min(y0 + 2 + 15 * shift, s - 15)
+        tw = min(6.2 * len(label) + 6, s)  # about 6 px a character at 11 px
+        tx = min(x0 + 2, s - tw)
+        out.append(f'<rect class="label-bg" x="{tx:.1f}" y="{ty:.1f}" width="{tw:.1f}" height="14" fill="white" '
+                   f'fill-opacity="0.8"/>')
+        out.append(f'<text x="{tx + 3:.1f}" y="{ty + 11:.1f}" font-size="11" font-family="sans-serif" '
+                   f'fill="{colour}">{_attr(label)}</text>')
+        out.append("</g>")
+    out.append('<rect class="rubber" x="0" y="0" width="0" height="0" fill="#000000" fill-opacity="0.08" '
+               'stroke="#000000" stroke-width="1.5" stroke-dasharray="4 3" visibility="hidden"/>')
+    out.append("</svg>")
+    if masks:
+        names = ", ".join(f"{b.index + 1}. mask:{b.region.name}" for b in masks)
+        out.append(f'<div class="region-masks">not drawn: {_attr(names)}</div>')
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------
@@ -464,6 +671,10 @@ class Settings:
     corrector: str = CORRECTOR_OFF
     negation: str = "plain"
     mode: str = "sum"
+    #: regions' soft edge, a fraction of the image (``compose(feather=...)``, ``--feather``)
+    feather: float = 0.0
+    #: where regions overlap: "sum" or "normalize" (``--region-mode``)
+    region_mode: str = "sum"
 
 
 def _int(value: Any, what: str) -> int:
@@ -488,6 +699,9 @@ class Checked:
     steps: int
     guidance_scale: float
     corrector: Any  # Corrector | None
+    feather: float = 0.0
+    #: whether some concept of the expression has a region
+    has_regions: bool = False
 
 
 def check_settings(s: Settings, store: ModelStore, limits: Limits) -> Checked:
@@ -514,6 +728,15 @@ def check_settings(s: Settings, store: ModelStore, limits: Limits) -> Checked:
                          f"{', '.join((CORRECTOR_OFF, *KERNELS))}")
     if s.mode not in ("sum", "mean"):
         raise InputError(f"mode must be sum or mean, got {excerpt(repr(s.mode), 40)}")
+    if s.region_mode not in REGION_MODES:
+        raise InputError(f"region mode must be sum or normalize, got {excerpt(repr(s.region_mode), 40)}")
+    try:
+        feather = float(s.feather)
+    except (TypeError, ValueError):
+        feather = float("nan")
+    if isinstance(s.feather, bool) or not (math.isfinite(feather) and 0.0 <= feather <= 1.0):
+        raise InputError(f"feather must be a number in [0, 1] (a fraction of the image), "
+                         f"got {excerpt(repr(s.feather), 40)}")
     check_options(0.0, None, s.negation)
     if s.guidance_scale is not None:
         try:
@@ -540,8 +763,9 @@ def check_settings(s: Settings, store: ModelStore, limits: Limits) -> Checked:
     except ValueError as err:
         raise InputError(f"steps: {err}") from None
     corrector = None if s.corrector == CORRECTOR_OFF else Corrector(s.corrector)
-    s = replace(s, n=n, seed=seed, steps=steps, sampler=sampler, guidance_scale=scale)
-    return Checked(s, expr, sampler, steps, scale, corrector)
+    s = replace(s, n=n, seed=seed, steps=steps, sampler=sampler, guidance_scale=scale, feather=feather)
+    has_regions = any(leaf.region is not None for leaf in leaves(expr))
+    return Checked(s, expr, sampler, steps, scale, corrector, feather, has_regions)
 
 
 @dataclass
@@ -606,7 +830,7 @@ def generate(s: Settings, store: ModelStore, limits: Limits, *,
             progress(0, total)
         with torch.no_grad():
             eps_fn = compose(m.denoiser, m.encoder, c.expr, guidance_scale=c.guidance_scale, mode=s.mode,
-                             negation=s.negation)
+                             negation=s.negation, feather=c.feather, region_mode=s.region_mode)
             seeds = [s.seed + i for i in range(s.n)]
             gens = generators(seeds)
             assignment = eps_fn.draw_clauses(s.n, gens)  # OR: each image draws its clause, from its seed
@@ -628,7 +852,8 @@ def generate(s: Settings, store: ModelStore, limits: Limits, *,
 
 def reproduce_command(c: Checked, store: ModelStore) -> str:
     """The ``compdiff sample`` line that writes the same images (as a grid) as the checked
-    settings ``c`` (from :func:`check_settings`): every setting spelled out, none left to defaults."""
+    settings ``c`` (from :func:`check_settings`): every setting spelled out, none left to defaults
+    (feather and region mode only where the expression has a region: elsewhere they change nothing)."""
     s = c.settings
     args = ["compdiff", "sample", s.expr.strip(), *store.entry(s.model).cli, "--n", str(s.n), "--seed", str(s.seed),
             "--sampler", c.sampler, "--steps", str(c.steps), "--guidance-scale", repr(float(c.guidance_scale))]
@@ -638,6 +863,10 @@ def reproduce_command(c: Checked, store: ModelStore) -> str:
         args += ["--negation", s.negation]
     if c.corrector is not None:
         args += ["--correct", c.corrector.kind]
+    if c.has_regions and c.feather != 0.0:
+        args += ["--feather", repr(c.feather)]
+    if c.has_regions and s.region_mode != "sum":
+        args += ["--region-mode", s.region_mode]
     if store.device_flag:
         args += ["--device", store.device_flag]
     args += ["--out", "composed.png"]
