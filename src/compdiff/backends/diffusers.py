@@ -25,10 +25,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from compdiff.backends.offload import enable_model_cpu_offload, execution_device, release
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import CLIPPromptEncoder
 from compdiff.compose import Mode, compose
+from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
 from compdiff.sampling import Callback, generators, randn, sample_ddim
@@ -44,8 +46,9 @@ class UNetDenoiser:
     """Denoiser over a ``UNet2DConditionModel``.
 
     ``(x (B, C, h, w) latents, t (B,) timesteps, cond (B, L, D) text embeddings) -> eps (B, C, h, w)``
-    in x's dtype. The UNet runs in its own dtype/device; a v- or x0-prediction output is
-    converted to eps here, once, by ``schedule.eps_from_prediction``.
+    in x's dtype. The UNet runs in its own dtype, on its execution device (where its offload hook
+    runs it under cpu_offload); a v- or x0-prediction output is converted to eps here, once, by
+    ``schedule.eps_from_prediction``.
     """
 
     def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str) -> None:
@@ -55,9 +58,9 @@ class UNetDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        p = next(self.unet.parameters())
-        out = self.unet(x.to(p.device, p.dtype), t.to(p.device), encoder_hidden_states=cond.to(p.device, p.dtype),
-                        return_dict=False)[0].to(x.dtype)
+        device, dtype = execution_device(self.unet), next(self.unet.parameters()).dtype
+        out = self.unet(x.to(device, dtype), t.to(device), encoder_hidden_states=cond.to(device, dtype),
+                        return_dict=False)[0].to(x.device, x.dtype)
         if self.prediction_type == "epsilon":
             return out
         # a fractional t (Euler schedulers with "linspace" spacing) is interpolated by the schedule
@@ -68,14 +71,17 @@ class UNetDenoiser:
 def vae_decode(vae: torch.nn.Module, latents: Tensor, batch_size: int = 1) -> Tensor:
     """latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1], as the SD, SD3, Flux and
     PixArt pipelines decode: z = latents / scaling_factor (+ shift_factor where the VAE has one), then the
-    VAE, batch_size images at a time (decoding at full resolution is memory hungry)."""
+    VAE, batch_size images at a time (decoding at full resolution is memory hungry). An offloaded VAE
+    (cpu_offload) runs on its execution device and goes back to the CPU afterwards."""
     cfg = vae.config
-    p = next(vae.parameters())
-    z = latents.to(p.device, p.dtype) / cfg.scaling_factor
+    z = latents.to(execution_device(vae), next(vae.parameters()).dtype) / cfg.scaling_factor
     if getattr(cfg, "shift_factor", None) is not None:
         z = z + cfg.shift_factor
-    images = [vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
-              for i in range(0, z.shape[0], batch_size)]
+    try:
+        images = [vae.decode(z[i:i + batch_size], return_dict=False)[0].float().cpu()
+                  for i in range(0, z.shape[0], batch_size)]
+    finally:
+        release(vae)
     return torch.cat(images).clamp(-1, 1)
 
 
@@ -201,7 +207,8 @@ class DiffusersBackend:
     Attributes: denoiser (UNetDenoiser), encoder (CLIPPromptEncoder), schedule (NoiseSchedule),
     scheduler (the pipeline's diffusers scheduler, for :func:`sample_with_scheduler`),
     prediction_type, latent_shape (C, h, w) at the default (or given) height/width,
-    vae_scale_factor, device, dtype; and the modules unet, vae, text_encoder, tokenizer.
+    vae_scale_factor, device (where the UNet runs), dtype; the modules unet, vae, text_encoder,
+    tokenizer; offload_hooks (accelerate's hooks after :meth:`enable_cpu_offload`, else []).
     """
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any,
@@ -216,13 +223,16 @@ class DiffusersBackend:
         self.encoder = CLIPPromptEncoder(tokenizer, text_encoder, clip_skip=clip_skip)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape: tuple[int, int, int] = self.latent_shape_for(height, width)
+        self.offload_hooks: list[Any] = []
 
     @classmethod
     def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
-                        clip_skip: int | None = None) -> DiffusersBackend:
+                        clip_skip: int | None = None, cpu_offload: bool = False) -> DiffusersBackend:
         """From a local pipeline folder (loaded with local_files_only=True; never downloads) or a built
         pipeline object (whose modules are moved to ``device``/``dtype`` in place, as ``pipeline.to`` does).
+        cpu_offload: the modules stay in CPU memory and each runs on ``device`` only while it is used
+        (:meth:`enable_cpu_offload`).
 
         Raises InputError for a path that is not a local pipeline folder (hub ids included), SDXL, and
         pipelines that are not plain text-to-image.
@@ -232,14 +242,23 @@ class DiffusersBackend:
         else:
             parts = _components_of(path_or_pipeline)
         for name in ("unet", "vae", "text_encoder"):
-            parts[name] = parts[name].to(device=device, dtype=dtype).eval()
-        return cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
-                   height=height, width=width, clip_skip=clip_skip)
+            parts[name] = parts[name].to(device="cpu" if cpu_offload else device, dtype=dtype).eval()
+        backend = cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
+                      height=height, width=width, clip_skip=clip_skip)
+        if cpu_offload:
+            backend.enable_cpu_offload(device)
+        return backend
+
+    def enable_cpu_offload(self, device: torch.device | str = "cuda") -> None:
+        """accelerate's model CPU offload (diffusers' ``enable_model_cpu_offload``; compdiff.backends.offload):
+        text_encoder -> unet -> vae each held in CPU memory and moved to ``device`` only while it runs."""
+        self.offload_hooks = enable_model_cpu_offload((self.text_encoder, self.unet, self.vae), device, self.unet)
 
     # ---- shapes and timesteps ---------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the UNet runs (its execution device under cpu_offload, where its weights are otherwise)."""
+        return execution_device(self.unet)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -285,15 +304,17 @@ class DiffusersBackend:
                        seeds: Sequence[int] | None = None, scheduler: Any = None, eta: float = 0.0,
                        mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None,
                        height: int | None = None, width: int | None = None,
-                       callback: Callback | None = None) -> Tensor:
+                       callback: Callback | None = None, masks: Masks | None = None, feather: float = 0.0,
+                       region_mode: RegionMode = "sum") -> Tensor:
         """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only
         on seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the
-        given diffusers scheduler via :func:`sample_with_scheduler`. Prompts are encoded once."""
+        given diffusers scheduler via :func:`sample_with_scheduler`. Prompts are encoded once. Regions
+        (``"a cat" @ left``) take masks, feather and region_mode as in :func:`compdiff.compose`."""
         seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != n:
             raise InputError(f"got {len(seeds)} seeds for {n} images")
         eps_fn = compose(self.denoiser, self.encoder, expr, guidance_scale=guidance_scale, mode=mode,
-                         rescale=rescale, max_batch=max_batch)
+                         rescale=rescale, max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
         shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
         gens = generators(seeds)
         x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
@@ -321,11 +342,14 @@ def _detect(path: Path) -> bool:
         return False  # the registry reports the folder as not a model it can open
 
 
-def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False) -> OpenedModel:
-    """Weights in float16 on a GPU and float32 on the CPU unless ``dtype`` names one."""
+def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
+          cpu_offload: bool = False) -> OpenedModel:
+    """Weights in float16 on a GPU and float32 on the CPU unless ``dtype`` names one; cpu_offload: the
+    modules stay in CPU memory and run on ``device`` one at a time (compdiff.backends.offload)."""
     if dtype == "auto":
         dtype = "float16" if device.type == "cuda" else "float32"
-    return DiffusersBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device).opened(str(path))
+    return DiffusersBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device,
+                                            cpu_offload=cpu_offload).opened(str(path))
 
 
 register_backend("stable-diffusion", _detect, _open)

@@ -133,7 +133,7 @@ class FluxDenoiser:
     """Denoiser over a ``FluxTransformer2DModel``: ``(x (B, C, h, w) unpacked latents, t (B,) σ in [0, 1],
     cond {"tokens", "pooled"} of B rows) -> velocity ε − x_0 (B, C, h, w)`` in x's dtype. Packs x, adds
     image/text ids and, when the transformer has a guidance embedding, guidance = ``distilled_guidance``
-    for every row; the transformer runs in its own dtype and device."""
+    for every row; the transformer runs in its own dtype, on its execution device."""
 
     def __init__(self, transformer: torch.nn.Module, distilled_guidance: float = DISTILLED_GUIDANCE) -> None:
         self.transformer = transformer
@@ -142,16 +142,16 @@ class FluxDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        p = next(self.transformer.parameters())
+        device, dtype = module_device(self.transformer), next(self.transformer.parameters()).dtype
         B, _, h, w = x.shape
-        tokens = cond["tokens"].to(p.device, p.dtype)
-        timestep = torch.as_tensor(t).to(p.device, torch.float32).expand(B)
-        guidance = (torch.full((B,), self.distilled_guidance, device=p.device, dtype=torch.float32)
+        tokens = cond["tokens"].to(device, dtype)
+        timestep = torch.as_tensor(t).to(device, torch.float32).expand(B)
+        guidance = (torch.full((B,), self.distilled_guidance, device=device, dtype=torch.float32)
                     if self.guidance_embeds else None)
-        out = self.transformer(hidden_states=pack(x.to(p.device, p.dtype)), timestep=timestep, guidance=guidance,
-                               pooled_projections=cond["pooled"].to(p.device, p.dtype), encoder_hidden_states=tokens,
-                               txt_ids=torch.zeros(tokens.shape[1], 3, device=p.device, dtype=p.dtype),
-                               img_ids=image_ids(h // 2, w // 2, p.device, p.dtype), return_dict=False)[0]
+        out = self.transformer(hidden_states=pack(x.to(device, dtype)), timestep=timestep, guidance=guidance,
+                               pooled_projections=cond["pooled"].to(device, dtype), encoder_hidden_states=tokens,
+                               txt_ids=torch.zeros(tokens.shape[1], 3, device=device, dtype=dtype),
+                               img_ids=image_ids(h // 2, w // 2, device, dtype), return_dict=False)[0]
         return unpack(out, h, w).to(x.device, x.dtype)
 
 
@@ -161,7 +161,8 @@ class FluxBackend(FlowBackend):
 
     Attributes: denoiser (FluxDenoiser), encoder (FluxPromptEncoder), schedule (FlowSchedule at the default
     size; the shift depends on the size), scheduler (the pipeline's), distilled_guidance (None for schnell),
-    guidance_embeds, latent_shape (C, h, w) unpacked, vae_scale_factor, device, dtype; the modules.
+    guidance_embeds, latent_shape (C, h, w) unpacked, vae_scale_factor, device (where the transformer runs),
+    dtype; the modules; offload_hooks (accelerate's hooks after :meth:`enable_cpu_offload`, else []).
     """
 
     family = FAMILY
@@ -191,25 +192,34 @@ class FluxBackend(FlowBackend):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape = self.latent_shape_for(height, width)
         self.schedule = self.schedule_for(self.latent_shape)
+        self.offload_hooks: list[Any] = []
 
     @classmethod
     def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
                         distilled_guidance: float = DISTILLED_GUIDANCE,
-                        max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> FluxBackend:
+                        max_sequence_length: int = MAX_SEQUENCE_LENGTH, cpu_offload: bool = False) -> FluxBackend:
         """From a local pipeline folder (local_files_only, safetensors; never downloads) or a built
         FluxPipeline (its modules moved to ``device``/``dtype`` in place). distilled_guidance: the guidance
-        embedding's value for every prediction, ∅ included (dev; ignored by schnell). InputError for a path
-        that is not a local folder, another pipeline class (img2img, Fill, ControlNet, ...) or IP-Adapter."""
+        embedding's value for every prediction, ∅ included (dev; ignored by schnell). cpu_offload: the
+        modules stay in CPU memory and each runs on ``device`` only while it is used
+        (:meth:`enable_cpu_offload`). InputError for a path that is not a local folder, another pipeline
+        class (img2img, Fill, ControlNet, ...) or IP-Adapter."""
         if isinstance(path_or_pipeline, (str, os.PathLike)):
             parts = load_components(path_or_pipeline, FLUX_PIPELINE, "FLUX.1", REQUIRED)
         else:
             parts = components_of(path_or_pipeline, FLUX_PIPELINE, "FLUX.1", REQUIRED)
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-            parts[name] = to_device(parts[name], device, dtype)
-        return cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-                   parts["text_encoder_2"], parts["tokenizer_2"], parts["scheduler"], height=height, width=width,
-                   distilled_guidance=distilled_guidance, max_sequence_length=max_sequence_length)
+            parts[name] = to_device(parts[name], "cpu" if cpu_offload else device, dtype)
+        backend = cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                      parts["text_encoder_2"], parts["tokenizer_2"], parts["scheduler"], height=height, width=width,
+                      distilled_guidance=distilled_guidance, max_sequence_length=max_sequence_length)
+        if cpu_offload:
+            backend.enable_cpu_offload(device)
+        return backend
+
+    def _offload_modules(self) -> tuple[torch.nn.Module | None, ...]:
+        return (self.text_encoder, self.text_encoder_2, self.transformer, self.vae)
 
     def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, height/f, width/f) unpacked, C = in_channels/4; None = the default size (module docstring).
@@ -243,13 +253,14 @@ class FluxBackend(FlowBackend):
 
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
           distilled_guidance: float = DISTILLED_GUIDANCE,
-          max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> OpenedModel:
+          max_sequence_length: int = MAX_SEQUENCE_LENGTH, cpu_offload: bool = False) -> OpenedModel:
     """Weights in bfloat16 on a GPU and float32 on the CPU unless ``dtype`` names one. The registry passes
-    device, dtype and bf16 only; distilled_guidance / max_sequence_length are there for a front end that
-    threads them through (the OpenedModel's denoiser.distilled_guidance may also be set afterwards)."""
+    device, dtype, bf16 and (when asked) cpu_offload only; distilled_guidance / max_sequence_length are there
+    for a front end that threads them through (the OpenedModel's denoiser.distilled_guidance may also be set
+    afterwards). cpu_offload: the modules stay in CPU memory and run on ``device`` one at a time."""
     backend = FluxBackend.from_pretrained(path, dtype=open_dtype(device, dtype), device=device,
                                           distilled_guidance=distilled_guidance,
-                                          max_sequence_length=max_sequence_length)
+                                          max_sequence_length=max_sequence_length, cpu_offload=cpu_offload)
     return backend.opened(str(path))
 
 

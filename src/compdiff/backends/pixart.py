@@ -38,11 +38,13 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import vae_decode
+from compdiff.backends.offload import enable_model_cpu_offload
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import is_flow_scheduler, sample_with_scheduler
 from compdiff.backends.sd3 import (class_detector, components_of, load_components, module_device, open_dtype,
                                    read_index, to_device, warn_truncated)
 from compdiff.compose import Mode, compose
+from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
 from compdiff.models import _refuse_pickles  # noqa: F401  (load_components refuses pickles with it)
@@ -100,8 +102,9 @@ class T5PromptEncoder:
 
 class PixArtDenoiser:
     """Denoiser over a ``PixArtTransformer2DModel``: ``(x (B, C, h, w), t (B,) timesteps, cond {"tokens",
-    "mask"} of B rows) -> eps (B, C, h, w)`` in x's dtype. The transformer runs in its own dtype and device;
-    of a learned-σ output (2·C channels) the first C are kept; a v- or x0-prediction is converted to eps."""
+    "mask"} of B rows) -> eps (B, C, h, w)`` in x's dtype. The transformer runs in its own dtype, on its
+    execution device; of a learned-σ output (2·C channels) the first C are kept; a v- or x0-prediction is
+    converted to eps."""
 
     def __init__(self, transformer: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon") -> None:
         self.transformer = transformer
@@ -111,11 +114,11 @@ class PixArtDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        p = next(self.transformer.parameters())
+        device, dtype = module_device(self.transformer), next(self.transformer.parameters()).dtype
         t = torch.as_tensor(t)
-        timestep = t.to(p.device).reshape(-1).expand(x.shape[0])
-        out = self.transformer(x.to(p.device, p.dtype), encoder_hidden_states=cond["tokens"].to(p.device, p.dtype),
-                               encoder_attention_mask=cond["mask"].to(p.device), timestep=timestep,
+        timestep = t.to(device).reshape(-1).expand(x.shape[0])
+        out = self.transformer(x.to(device, dtype), encoder_hidden_states=cond["tokens"].to(device, dtype),
+                               encoder_attention_mask=cond["mask"].to(device), timestep=timestep,
                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
         if out.shape[1] == 2 * self.channels:
             out = out[:, :self.channels]
@@ -140,7 +143,8 @@ class PixArtBackend:
 
     Attributes: denoiser (PixArtDenoiser), encoder (T5PromptEncoder), schedule (NoiseSchedule), scheduler
     (the pipeline's, for ``sample_latents(scheduler=...)``), prediction_type, latent_shape (C, h, w),
-    vae_scale_factor, patch_size, device, dtype; the modules transformer, vae, text_encoder, tokenizer.
+    vae_scale_factor, patch_size, device (where the transformer runs), dtype; the modules transformer, vae,
+    text_encoder, tokenizer; offload_hooks (accelerate's hooks after :meth:`enable_cpu_offload`, else []).
     """
 
     family = FAMILY
@@ -168,14 +172,16 @@ class PixArtBackend:
         self.denoiser = PixArtDenoiser(transformer, self.schedule, self.prediction_type)
         self.encoder = T5PromptEncoder(tokenizer, text_encoder, max_sequence_length)
         self.latent_shape: tuple[int, int, int] = self.latent_shape_for(height, width)
+        self.offload_hooks: list[Any] = []
 
     @classmethod
     def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
-                        max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> PixArtBackend:
+                        max_sequence_length: int = MAX_SEQUENCE_LENGTH, cpu_offload: bool = False) -> PixArtBackend:
         """From a local pipeline folder (local_files_only, safetensors; never downloads, never unpickles) or a
-        built PixArtSigmaPipeline (its modules moved to ``device``/``dtype`` in place). InputError for a path
-        that is not a local folder, PixArt-α, or another pipeline class."""
+        built PixArtSigmaPipeline (its modules moved to ``device``/``dtype`` in place). cpu_offload: the modules
+        stay in CPU memory and each runs on ``device`` only while it is used (:meth:`enable_cpu_offload`).
+        InputError for a path that is not a local folder, PixArt-α, or another pipeline class."""
         if isinstance(path_or_pipeline, (str, os.PathLike)):
             index = read_index(Path(path_or_pipeline).expanduser())
             _refuse_alpha(str((index or {}).get("_class_name", "")))
@@ -184,13 +190,23 @@ class PixArtBackend:
             _refuse_alpha(type(path_or_pipeline).__name__)
             parts = components_of(path_or_pipeline, PIXART_SIGMA, "PixArt-Σ", REQUIRED)
         for name in ("transformer", "vae", "text_encoder"):
-            parts[name] = to_device(parts[name], device, dtype)
-        return cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"],
-                   height=height, width=width, max_sequence_length=max_sequence_length)
+            parts[name] = to_device(parts[name], "cpu" if cpu_offload else device, dtype)
+        backend = cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                      parts["scheduler"], height=height, width=width, max_sequence_length=max_sequence_length)
+        if cpu_offload:
+            backend.enable_cpu_offload(device)
+        return backend
+
+    def enable_cpu_offload(self, device: torch.device | str = "cuda") -> None:
+        """accelerate's model CPU offload (diffusers' ``enable_model_cpu_offload``; compdiff.backends.offload):
+        text_encoder -> transformer -> vae each held in CPU memory and moved to ``device`` only while it runs."""
+        self.offload_hooks = enable_model_cpu_offload((self.text_encoder, self.transformer, self.vae), device,
+                                                      self.transformer)
 
     # ---- shapes and timesteps ---------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where the transformer runs (its execution device under cpu_offload, where its weights are otherwise)."""
         return module_device(self.transformer)
 
     @property
@@ -239,16 +255,18 @@ class PixArtBackend:
                        guidance_scale: float = PIPELINE_SCALE, seeds: Sequence[int] | None = None,
                        scheduler: Any = None, eta: float = 0.0, mode: Mode = "sum", rescale: float = 0.0,
                        max_batch: int | None = None, height: int | None = None, width: int | None = None,
-                       callback: Callback | None = None) -> Tensor:
+                       callback: Callback | None = None, masks: Masks | None = None, feather: float = 0.0,
+                       region_mode: RegionMode = "sum") -> Tensor:
         """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only on
         seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the given
         diffusers VP scheduler (the pipeline's own: ``scheduler=backend.scheduler``) via
-        :func:`sample_with_scheduler`. Prompts are encoded once."""
+        :func:`sample_with_scheduler`. Prompts are encoded once. Regions take masks, feather and
+        region_mode as in :func:`compdiff.compose`."""
         seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != n:
             raise InputError(f"got {len(seeds)} seeds for {n} images")
         eps_fn = compose(self.denoiser, self.encoder, expr, guidance_scale=guidance_scale, mode=mode,
-                         rescale=rescale, max_batch=max_batch)
+                         rescale=rescale, max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
         shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
         gens = generators(seeds)
         eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(n, gens))  # OR: each image draws its clause by its seed
@@ -264,11 +282,12 @@ class PixArtBackend:
 
 
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
-          max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> OpenedModel:
+          max_sequence_length: int = MAX_SEQUENCE_LENGTH, cpu_offload: bool = False) -> OpenedModel:
     """Weights in bfloat16 on a GPU (T5 overflows in float16) and float32 on the CPU unless ``dtype`` names
-    one (bf16, the world models' autocast flag, does not apply)."""
+    one (bf16, the world models' autocast flag, does not apply). cpu_offload: the modules stay in CPU memory
+    and run on ``device`` one at a time."""
     backend = PixArtBackend.from_pretrained(path, dtype=open_dtype(device, dtype), device=device,
-                                            max_sequence_length=max_sequence_length)
+                                            max_sequence_length=max_sequence_length, cpu_offload=cpu_offload)
     return backend.opened(str(path))
 
 

@@ -14,6 +14,7 @@ is not.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import pkgutil
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class OpenedModel:
 @dataclass(frozen=True)
 class Backend:
     """detect(path) -> bool: whether this family can open the directory; open(path, **options) -> OpenedModel
-    with options device (torch.device), dtype ("auto" or a torch dtype name) and bf16 (bool)."""
+    with options device (torch.device), dtype ("auto" or a torch dtype name) and bf16 (bool), and
+    cpu_offload=True only when asked (a family that does not take it cannot be opened with it)."""
 
     family: str
     detect: Callable[[Path], bool]
@@ -111,8 +113,14 @@ def detect_family(path: Path) -> str:
 
 
 def open_model(name_or_path: str | Path, *, device: torch.device | str = "cpu", dtype: str = "auto",
-               bf16: bool = False) -> OpenedModel:
-    """Open a shipped world model by task name, or a model directory of any registered family."""
+               bf16: bool = False, cpu_offload: bool = False) -> OpenedModel:
+    """Open a shipped world model by task name, or a model directory of any registered family.
+
+    cpu_offload (diffusers pipelines): accelerate's model CPU offload, as diffusers'
+    ``enable_model_cpu_offload``: the text encoders, the UNet/transformer and the VAE stay in CPU memory
+    and each is moved to ``device`` (a GPU) only while it runs, so that peak device memory is about the
+    largest module plus activations (compdiff.backends.offload). With ``device`` the CPU nothing moves
+    (the hooks still run). InputError for a family that does not offload (world models)."""
     from compdiff.models import shipped_models
 
     device = torch.device(device)
@@ -132,4 +140,10 @@ def open_model(name_or_path: str | Path, *, device: torch.device | str = "cpu", 
                              "a diffusers pipeline saved with save_pretrained / a Hugging Face cache snapshot folder)")
     if not path.is_dir():
         raise InputError(f"{text!r} is a file, not a model directory")
-    return BACKENDS[detect_family(path)].open(path, device=device, dtype=dtype, bf16=bf16)
+    backend = BACKENDS[detect_family(path)]
+    if not cpu_offload:
+        return backend.open(path, device=device, dtype=dtype, bf16=bf16)
+    params = inspect.signature(backend.open).parameters
+    if "cpu_offload" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise InputError(f"{path}: the {backend.family!r} family does not support cpu_offload")
+    return backend.open(path, device=device, dtype=dtype, bf16=bf16, cpu_offload=True)

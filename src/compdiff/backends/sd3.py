@@ -52,10 +52,12 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import vae_decode
+from compdiff.backends.offload import enable_model_cpu_offload, execution_device
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import PromptTruncatedWarning
 from compdiff.compose import Mode, Negation, compose
+from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
 from compdiff.sampling import Callback, generators, get_sampler, randn, sampler_options
@@ -224,7 +226,9 @@ def warn_truncated(tokenizer: Any, prompts: Sequence[str], max_length: int, what
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
+    """Where ``module`` runs: its execution device under cpu_offload (its weights then wait on the CPU),
+    else the device of its weights."""
+    return execution_device(module)
 
 
 def to_device(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
@@ -239,8 +243,9 @@ class FlowBackend:
 
     Subclasses set transformer, vae, scheduler, denoiser, encoder, vae_scale_factor, latent_shape and
     schedule, and define ``latent_shape_for``, ``_mu`` (dynamic-shift mu of a latent shape, None when the
-    scheduler does not shift dynamically) and ``_scheduler_options``. Class attributes: family,
-    default_scale, spacing (the FlowSchedule spacing that reproduces the pipeline's σ), default_steps.
+    scheduler does not shift dynamically), ``_scheduler_options`` and ``_offload_modules`` (the modules in
+    the order a run uses them). Class attributes: family, default_scale, spacing (the FlowSchedule spacing
+    that reproduces the pipeline's σ), default_steps.
     """
 
     family = ""
@@ -256,9 +261,20 @@ class FlowBackend:
     latent_shape: tuple[int, int, int]
     schedule: FlowSchedule
 
+    # ---- model CPU offload ------------------------------------------------------------------------
+    def _offload_modules(self) -> tuple[torch.nn.Module | None, ...]:
+        raise NotImplementedError
+
+    def enable_cpu_offload(self, device: torch.device | str = "cuda") -> None:
+        """accelerate's model CPU offload (diffusers' ``enable_model_cpu_offload``; compdiff.backends.offload):
+        the text encoders, the transformer and the VAE, in that order, each held in CPU memory and moved to
+        ``device`` only while it runs. ``offload_hooks`` keeps accelerate's hooks."""
+        self.offload_hooks = enable_model_cpu_offload(self._offload_modules(), device, self.transformer)
+
     # ---- shapes, schedules, timesteps -----------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where the transformer runs (its execution device under cpu_offload, where its weights are otherwise)."""
         return module_device(self.transformer)
 
     @property
@@ -315,20 +331,22 @@ class FlowBackend:
                        scheduler: Any = None, sampler: str = "euler", eta: float = 0.0, mode: Mode = "sum",
                        rescale: float = 0.0, negation: Negation = "plain", max_batch: int | None = None,
                        height: int | None = None, width: int | None = None,
-                       callback: Callback | None = None) -> Tensor:
+                       callback: Callback | None = None, masks: Masks | None = None, feather: float = 0.0,
+                       region_mode: RegionMode = "sum") -> Tensor:
         """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only on
         seeds[i]). steps: default ``default_steps``; guidance_scale: default ``default_scale``. With
         scheduler None, compdiff's ``sampler`` (default "euler", FlowMatchEulerDiscreteScheduler step for
         step) on ``schedule_for(shape)`` with ``timesteps(steps)``; else the given diffusers flow-matching
         scheduler via :func:`sample_with_scheduler` (the pipeline's own one: ``scheduler=backend.scheduler``).
-        eta goes to samplers that take it (ddim). Prompts are encoded once."""
+        eta goes to samplers that take it (ddim). Prompts are encoded once. Regions take masks, feather
+        and region_mode as in :func:`compdiff.compose`."""
         seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != n:
             raise InputError(f"got {len(seeds)} seeds for {n} images")
         steps = self.default_steps if steps is None else int(steps)
         scale = self.default_scale if guidance_scale is None else guidance_scale
         fn = compose(self.denoiser, self.encoder, expr, guidance_scale=scale, mode=mode, rescale=rescale,
-                     max_batch=max_batch, negation=negation)
+                     max_batch=max_batch, negation=negation, masks=masks, feather=feather, region_mode=region_mode)
         shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
         gens = generators(seeds)
         fn = fn.with_clauses(fn.draw_clauses(n, gens))  # OR: each image draws its clause from its own seed
@@ -420,7 +438,7 @@ class SD3PromptEncoder:
 class SD3Denoiser:
     """Denoiser over an ``SD3Transformer2DModel``: ``(x (B, C, h, w), t (B,) σ in [0, 1], cond {"tokens",
     "pooled"} of B rows) -> velocity ε − x_0 (B, C, h, w)`` in x's dtype; the transformer gets
-    timestep = t·time_scale (float32) and runs in its own dtype and device."""
+    timestep = t·time_scale (float32) and runs in its own dtype, on its execution device."""
 
     def __init__(self, transformer: torch.nn.Module, time_scale: float = 1000.0) -> None:
         self.transformer = transformer
@@ -428,11 +446,11 @@ class SD3Denoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        p = next(self.transformer.parameters())
-        timestep = (torch.as_tensor(t).to(p.device, torch.float64) * self.time_scale).to(torch.float32)
-        out = self.transformer(hidden_states=x.to(p.device, p.dtype), timestep=timestep.expand(x.shape[0]),
-                               encoder_hidden_states=cond["tokens"].to(p.device, p.dtype),
-                               pooled_projections=cond["pooled"].to(p.device, p.dtype), return_dict=False)[0]
+        device, dtype = module_device(self.transformer), next(self.transformer.parameters()).dtype
+        timestep = (torch.as_tensor(t).to(device, torch.float64) * self.time_scale).to(torch.float32)
+        out = self.transformer(hidden_states=x.to(device, dtype), timestep=timestep.expand(x.shape[0]),
+                               encoder_hidden_states=cond["tokens"].to(device, dtype),
+                               pooled_projections=cond["pooled"].to(device, dtype), return_dict=False)[0]
         return out.to(x.device, x.dtype)
 
 
@@ -441,7 +459,8 @@ class SD3Backend(FlowBackend):
 
     Attributes: denoiser (SD3Denoiser), encoder (SD3PromptEncoder), schedule (FlowSchedule at the default
     size), scheduler (the pipeline's, for ``sample_latents(scheduler=...)``), latent_shape (C, h, w),
-    vae_scale_factor, patch_size, device, dtype; the modules transformer, vae, text_encoder(_2, _3).
+    vae_scale_factor, patch_size, device (where the transformer runs), dtype; the modules transformer, vae,
+    text_encoder(_2, _3); offload_hooks (accelerate's hooks after :meth:`enable_cpu_offload`, else []).
     """
 
     family = FAMILY
@@ -471,24 +490,33 @@ class SD3Backend(FlowBackend):
                                         text_encoder_3, cfg.joint_attention_dim, max_sequence_length)
         self.latent_shape = self.latent_shape_for(height, width)
         self.schedule = self.schedule_for(self.latent_shape)
+        self.offload_hooks: list[Any] = []
 
     @classmethod
     def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
-                        max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> SD3Backend:
+                        max_sequence_length: int = MAX_SEQUENCE_LENGTH, cpu_offload: bool = False) -> SD3Backend:
         """From a local pipeline folder (local_files_only, safetensors; never downloads) or a built
-        StableDiffusion3Pipeline (its modules moved to ``device``/``dtype`` in place). InputError for a path
-        that is not a local folder, another pipeline class (img2img, inpainting, ControlNet, ...) or IP-Adapter."""
+        StableDiffusion3Pipeline (its modules moved to ``device``/``dtype`` in place). cpu_offload: the modules
+        stay in CPU memory and each runs on ``device`` only while it is used (:meth:`enable_cpu_offload`).
+        InputError for a path that is not a local folder, another pipeline class (img2img, inpainting,
+        ControlNet, ...) or IP-Adapter."""
         if isinstance(path_or_pipeline, (str, os.PathLike)):
             parts = load_components(path_or_pipeline, SD3_PIPELINE, "Stable Diffusion 3", REQUIRED, OPTIONAL)
         else:
             parts = components_of(path_or_pipeline, SD3_PIPELINE, "Stable Diffusion 3", REQUIRED, OPTIONAL)
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             if parts[name] is not None:
-                parts[name] = to_device(parts[name], device, dtype)
-        return cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-                   parts["text_encoder_2"], parts["tokenizer_2"], parts["text_encoder_3"], parts["tokenizer_3"],
-                   parts["scheduler"], height=height, width=width, max_sequence_length=max_sequence_length)
+                parts[name] = to_device(parts[name], "cpu" if cpu_offload else device, dtype)
+        backend = cls(parts["transformer"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                      parts["text_encoder_2"], parts["tokenizer_2"], parts["text_encoder_3"], parts["tokenizer_3"],
+                      parts["scheduler"], height=height, width=width, max_sequence_length=max_sequence_length)
+        if cpu_offload:
+            backend.enable_cpu_offload(device)
+        return backend
+
+    def _offload_modules(self) -> tuple[torch.nn.Module | None, ...]:
+        return (self.text_encoder, self.text_encoder_2, self.text_encoder_3, self.transformer, self.vae)
 
     def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, height/f, width/f); None = the transformer's sample_size·f (1024 for SD3). Multiples of f·patch."""
@@ -515,11 +543,12 @@ class SD3Backend(FlowBackend):
 
 
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
-          max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> OpenedModel:
+          max_sequence_length: int = MAX_SEQUENCE_LENGTH, cpu_offload: bool = False) -> OpenedModel:
     """Weights in bfloat16 on a GPU and float32 on the CPU unless ``dtype`` names one (bf16, the world
-    models' autocast flag, does not apply)."""
+    models' autocast flag, does not apply). cpu_offload: the modules stay in CPU memory and run on
+    ``device`` one at a time."""
     backend = SD3Backend.from_pretrained(path, dtype=open_dtype(device, dtype), device=device,
-                                         max_sequence_length=max_sequence_length)
+                                         max_sequence_length=max_sequence_length, cpu_offload=cpu_offload)
     return backend.opened(str(path))
 
 

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from compdiff.backends.offload import execution_device
+
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt had more tokens than the text encoder's window; the tail was dropped."""
@@ -48,14 +50,14 @@ class CLIPPromptEncoder:
 
     @torch.no_grad()
     def encode(self, concepts: Sequence[str]) -> Tensor:
-        """(K, L, D) text embeddings, one row per prompt, in the text encoder's dtype and device."""
+        """(K, L, D) text embeddings, one row per prompt, in the text encoder's dtype, on its execution device."""
         prompts = list(concepts)
         if not prompts:
             raise ValueError("encode() needs at least one prompt")
         self._warn_if_truncated(prompts)
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                                 return_tensors="pt")
-        device = next(self.text_encoder.parameters()).device
+        device = execution_device(self.text_encoder)  # under cpu_offload its weights wait on the CPU
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(device)

@@ -44,10 +44,12 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import _missing_model_message, _schedule_of
+from compdiff.backends.offload import enable_model_cpu_offload, execution_device, release
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import PromptTruncatedWarning
 from compdiff.compose import Mode, compose
+from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
 from compdiff.sampling import Callback, generators, randn, sample_ddim
@@ -86,8 +88,9 @@ class SDXLUNetDenoiser:
     ``(x (B, C, h, w) latents, t (B,) timesteps, cond {"tokens" (B, L, D), "pooled" (B, P),
     "time_ids" (B, 6)}) -> eps (B, C, h, w)`` in x's dtype: ONE UNet call with
     ``encoder_hidden_states=tokens`` and ``added_cond_kwargs={"text_embeds": pooled,
-    "time_ids": time_ids}``. The UNet runs in its own dtype/device; a v- or x0-prediction output is
-    converted to eps here, once, by ``schedule.eps_from_prediction``.
+    "time_ids": time_ids}``. The UNet runs in its own dtype, on its execution device (cpu_offload: where
+    its hook runs it); a v- or x0-prediction output is converted to eps here, once, by
+    ``schedule.eps_from_prediction``.
     """
 
     def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str) -> None:
@@ -97,12 +100,10 @@ class SDXLUNetDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        p = next(self.unet.parameters())
-        added = {"text_embeds": cond["pooled"].to(p.device, p.dtype),
-                 "time_ids": cond["time_ids"].to(p.device, p.dtype)}
-        out = self.unet(x.to(p.device, p.dtype), t.to(p.device),
-                        encoder_hidden_states=cond["tokens"].to(p.device, p.dtype), added_cond_kwargs=added,
-                        return_dict=False)[0].to(x.dtype)
+        device, dtype = execution_device(self.unet), next(self.unet.parameters()).dtype
+        added = {"text_embeds": cond["pooled"].to(device, dtype), "time_ids": cond["time_ids"].to(device, dtype)}
+        out = self.unet(x.to(device, dtype), t.to(device), encoder_hidden_states=cond["tokens"].to(device, dtype),
+                        added_cond_kwargs=added, return_dict=False)[0].to(x.device, x.dtype)
         if self.prediction_type == "epsilon":
             return out
         # a fractional t (Euler schedulers with "linspace" spacing) is interpolated by the schedule
@@ -114,7 +115,7 @@ class SDXLPromptEncoder:
     """ConceptEncoder over SDXL's two (tokenizer, text encoder) pairs; see the module docstring.
 
     ``encode(prompts) -> {"tokens": (K, L, D1 + D2), "pooled": (K, P), "time_ids": (K, 6)}``, every
-    field in text_encoder_2's dtype and device; ``null()`` -> the same fields, 1 row (zeros when
+    field in text_encoder_2's dtype, on its execution device; ``null()`` -> the same fields, 1 row (zeros when
     ``force_zeros_for_empty_prompt``, else the empty prompt; computed once, then cached).
     time_ids: the 6 added time ids (see :func:`add_time_ids`) every row carries; use
     :meth:`with_time_ids` for another image size. clip_skip: as diffusers' ``clip_skip`` for
@@ -158,8 +159,8 @@ class SDXLPromptEncoder:
 
     @property
     def _out_dtype_device(self) -> tuple[torch.dtype, torch.device]:
-        p = next(self.text_encoders[1].parameters())
-        return p.dtype, p.device
+        encoder = self.text_encoders[1]  # under cpu_offload its weights wait on the CPU: ask its hook
+        return next(encoder.parameters()).dtype, execution_device(encoder)
 
     @torch.no_grad()
     def _text(self, prompts: list[str], clip_skip: int | None) -> tuple[Tensor, Tensor]:
@@ -168,7 +169,7 @@ class SDXLPromptEncoder:
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
             ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                             return_tensors="pt").input_ids
-            out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
+            out = encoder(ids.to(execution_device(encoder)), output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:  # text_embeds of the encoder with a projection
                 pooled = out[0]
             hidden.append(out.hidden_states[-(2 if clip_skip is None else clip_skip + 2)])
@@ -328,8 +329,9 @@ class SDXLBackend:
     Attributes: denoiser (SDXLUNetDenoiser), encoder (SDXLPromptEncoder, with the time ids of the
     default or given height/width), schedule (NoiseSchedule), scheduler (the pipeline's diffusers
     scheduler, for :func:`sample_with_scheduler`), prediction_type, latent_shape (C, h, w),
-    height, width (pixels), vae_scale_factor, force_zeros_for_empty_prompt, device, dtype; and the
-    modules unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2.
+    height, width (pixels), vae_scale_factor, force_zeros_for_empty_prompt, device (where the UNet runs),
+    dtype; the modules unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2; offload_hooks
+    (accelerate's hooks after :meth:`enable_cpu_offload`, else []).
     """
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
@@ -352,14 +354,17 @@ class SDXLBackend:
                                          add_time_ids(self.height, self.width),
                                          force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
                                          clip_skip=clip_skip)
+        self.offload_hooks: list[Any] = []
 
     @classmethod
     def from_pretrained(cls, path_or_pipeline: str | os.PathLike | Any, *, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", height: int | None = None, width: int | None = None,
-                        clip_skip: int | None = None) -> SDXLBackend:
+                        clip_skip: int | None = None, cpu_offload: bool = False) -> SDXLBackend:
         """From a local StableDiffusionXLPipeline folder (local files and safetensors only; never downloads)
         or a built pipeline object (whose modules are moved to ``device``/``dtype`` in place, as
         ``pipeline.to`` does). ``force_zeros_for_empty_prompt`` comes from the pipeline's config.
+        cpu_offload: the modules stay in CPU memory and each runs on ``device`` only while it is used
+        (:meth:`enable_cpu_offload`).
 
         Raises InputError for a path that is not a local pipeline folder (hub ids included), pickled
         weights, refiner / img2img / inpainting / ControlNet / IP-Adapter pipelines.
@@ -369,19 +374,30 @@ class SDXLBackend:
         else:
             parts, config = _components_of(path_or_pipeline)
         for name in MODULES:
-            module = parts[name].to(device=device)
+            module = parts[name].to(device="cpu" if cpu_offload else device)
             if next(module.parameters()).dtype != dtype:  # (diffusers warns on any dtype cast, even a no-op)
                 module = module.to(dtype=dtype)
             parts[name] = module.eval()
-        return cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"],
-                   parts["tokenizer_2"], parts["scheduler"],
-                   force_zeros_for_empty_prompt=config.get("force_zeros_for_empty_prompt", True),
-                   height=height, width=width, clip_skip=clip_skip)
+        backend = cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"],
+                      parts["tokenizer"], parts["tokenizer_2"], parts["scheduler"],
+                      force_zeros_for_empty_prompt=config.get("force_zeros_for_empty_prompt", True),
+                      height=height, width=width, clip_skip=clip_skip)
+        if cpu_offload:
+            backend.enable_cpu_offload(device)
+        return backend
+
+    def enable_cpu_offload(self, device: torch.device | str = "cuda") -> None:
+        """accelerate's model CPU offload (diffusers' ``enable_model_cpu_offload``; compdiff.backends.offload):
+        text_encoder -> text_encoder_2 -> unet -> vae each held in CPU memory and moved to ``device`` only
+        while it runs."""
+        self.offload_hooks = enable_model_cpu_offload((self.text_encoder, self.text_encoder_2, self.unet, self.vae),
+                                                      device, self.unet)
 
     # ---- shapes, sizes and timesteps ------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the UNet runs (its execution device under cpu_offload, where its weights are otherwise)."""
+        return execution_device(self.unet)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -429,14 +445,14 @@ class SDXLBackend:
         As StableDiffusionXLPipeline: latents / scaling_factor (0.13025 for SDXL), or
         latents · latents_std / scaling_factor + latents_mean when the VAE config has both; a float16
         VAE whose config says ``force_upcast`` (SDXL's does: it overflows in float16) decodes in float32
-        and is put back to float16 afterwards. batch_size images at a time."""
+        and is put back to float16 afterwards. batch_size images at a time. An offloaded VAE (cpu_offload)
+        runs on its execution device and goes back to the CPU afterwards."""
         vae, cfg = self.vae, self.vae.config
         upcast = next(vae.parameters()).dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
         if upcast:
             vae.to(dtype=torch.float32)
         try:
-            p = next(vae.parameters())
-            z = latents.to(p.device, p.dtype)
+            z = latents.to(execution_device(vae), next(vae.parameters()).dtype)
             mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
             if mean is not None and std is not None:
                 shape = (1, -1, 1, 1)
@@ -449,6 +465,7 @@ class SDXLBackend:
         finally:
             if upcast:
                 vae.to(dtype=torch.float16)
+            release(vae)
         return torch.cat(images).clamp(-1, 1)
 
     # ---- as compdiff.open_model sees it -------------------------------------------------------------
@@ -464,11 +481,13 @@ class SDXLBackend:
                        seeds: Sequence[int] | None = None, scheduler: Any = None, eta: float = 0.0,
                        mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None,
                        height: int | None = None, width: int | None = None,
-                       callback: Callback | None = None) -> Tensor:
+                       callback: Callback | None = None, masks: Masks | None = None, feather: float = 0.0,
+                       region_mode: RegionMode = "sum") -> Tensor:
         """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only
         on seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the
         given diffusers scheduler (e.g. the pipeline's own) via :func:`sample_with_scheduler`. The time ids
-        follow height/width; prompts are encoded once."""
+        follow height/width; prompts are encoded once. Regions take masks, feather and region_mode as in
+        :func:`compdiff.compose`."""
         seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != n:
             raise InputError(f"got {len(seeds)} seeds for {n} images")
@@ -476,7 +495,7 @@ class SDXLBackend:
         encoder = self.encoder_for(height, width) if sized else self.encoder
         shape = self.latent_shape_for(height or self.height, width or self.width) if sized else self.latent_shape
         eps_fn = compose(self.denoiser, encoder, expr, guidance_scale=guidance_scale, mode=mode, rescale=rescale,
-                         max_batch=max_batch)
+                         max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
         gens = generators(seeds)
         x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
         if scheduler is None:
@@ -503,12 +522,15 @@ def _detect(path: Path) -> bool:
         return False
 
 
-def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False) -> OpenedModel:
+def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
+          cpu_offload: bool = False) -> OpenedModel:
     """Weights in float16 on a GPU and float32 on the CPU unless ``dtype`` names one (the VAE then decodes
-    in float32 when its config says force_upcast). ``bf16`` (world models' autocast) does not apply."""
+    in float32 when its config says force_upcast). ``bf16`` (world models' autocast) does not apply.
+    cpu_offload: the modules stay in CPU memory and run on ``device`` one at a time."""
     if dtype == "auto":
         dtype = "float16" if device.type == "cuda" else "float32"
-    return SDXLBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device).opened(str(path))
+    return SDXLBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device,
+                                       cpu_offload=cpu_offload).opened(str(path))
 
 
 register_backend(FAMILY, _detect, _open)

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from compdiff.backends.registry import OpenedModel, register_backend
+from compdiff.errors import InputError
 
 #: guidance scale of world models unless told otherwise, chosen on the shipped objects model (BENCHMARKS.md)
 WORLD_SCALE = 3.0
@@ -15,9 +16,14 @@ def _detect(path: Path) -> bool:
     return (path / "compdiff.json").is_file()
 
 
-def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False) -> OpenedModel:
+def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
+          cpu_offload: bool = False) -> OpenedModel:
     from compdiff.models import _read_meta, load_model, recommended_sampling
 
+    if cpu_offload:
+        raise InputError(f"{path} is a compdiff world model: cpu_offload applies to diffusers pipelines (text "
+                         "encoders, UNet/transformer and VAE offloaded one at a time); a world model is one small "
+                         "network, run it on the device directly")
     loaded = load_model(path, bf16=bf16)
     training = _read_meta(path / "compdiff.json").get("training", {})
     loaded.denoiser.net.to(device)

@@ -102,8 +102,22 @@ def _terms_table(terms: list, args: argparse.Namespace) -> list[str]:
     rows = [("concept", "weight", "effective")]
     rows += [(quote(t.concept), _num(t.weight), _num(e)) for t, e in zip(terms, effective)]
     widths = [max(len(r[k]) for r in rows) for k in range(3)]
-    out += [f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
-    return out
+    lines = [f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
+    if any(t.region is not None for t in terms):  # a region column: where each term's guidance applies
+        regions = ["region"] + [_region_text(t.region) for t in terms]
+        lines = [f"{line}  {r}" for line, r in zip(lines, regions)]
+    return out + lines
+
+
+def _region_text(region) -> str:
+    """A term's region for the table: the whole image, a name with its box, a box, or a mask."""
+    if region is None:
+        return "whole image"
+    if region.kind == "named":
+        return f"{region.name} {tuple(region.coords)}"
+    if region.kind == "box":
+        return f"box {region}"
+    return f"mask {region.name!r} (supplied by the caller)"
 
 
 def _short(text: str) -> str:

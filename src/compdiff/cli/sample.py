@@ -91,6 +91,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negation", choices=["plain", "perp"], default="plain",
                    help="perp: project each NOT term off the summed positive guidance, per sample (Perp-Neg)")
     add_corrector_options(p)
+    p.add_argument("--mask", action="append", default=[], metavar="NAME=FILE",
+                   help="a mask image for the region mask:NAME (grey: white = inside, black = outside; any size, "
+                   "resized to the model's grid); repeat for several masks")
+    p.add_argument("--feather", type=float_in(0, 1), default=0.0, metavar="F",
+                   help="width of a region's soft edge, as a fraction of the image (default 0: hard edges, "
+                   "nothing leaks outside a region)")
+    p.add_argument("--region-mode", choices=["sum", "normalize"], default="sum",
+                   help="where regions overlap: sum (default: every region's concept guides there) or normalize "
+                   "(positive regional terms share the guidance: their masks divided by their sum where it exceeds 1)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
                    help="image i uses seed + i, 0 <= seed + i < 2**63 (default 0)")
     p.add_argument("--max-batch", type=int_in(1, MAX_ROWS), default=None,
@@ -100,6 +109,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the model runs: auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                    help="diffusers pipelines' weights (auto: float16 on a GPU, float32 on the CPU)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="diffusers pipelines on a GPU: keep the text encoders, the UNet/transformer and the VAE in "
+                        "CPU memory and move each to the GPU only while it runs (accelerate's model offload, as "
+                        "diffusers' enable_model_cpu_offload): peak GPU memory is about the largest module plus "
+                        "activations; with --max-batch, activations stay those of one chunk whatever the number "
+                        "of concepts. Needs a GPU")
     p.add_argument("--out", default=None,
                    help=f"output PNG grid of at most {MAX_GRID} images (default composed.png)")
     p.add_argument("--out-dir", default=None, metavar="DIR",
@@ -219,11 +234,23 @@ def run(args: argparse.Namespace) -> int:
                          f"below 2**63")
     out, out_dir = check_outputs(args)
     corrector = corrector_from(args)
-    expr = parse(args.expr)  # bad expressions fail before any model is loaded
+    from compdiff.expr.display import excerpt
+
+    masks = read_masks(args.mask)
+    expr = parse(args.expr, masks=masks)  # bad expressions (and a missing mask) fail before any model is loaded
+    unused = sorted(set(masks) - {t.region.name for t in _all_terms(expr) if t.region and t.region.kind == "mask"})
+    if unused:
+        raise UsageError(f"--mask {excerpt(unused[0], 40)}=...: the expression has no region mask:{excerpt(unused[0], 40)}")
     clauses = expr.clauses()  # NOT of an OR, bad mixture weights: InputError, before the model too
     _check_effective(clauses, 1.0 if args.guidance_scale is None else args.guidance_scale, args.mode)
     device = pick_device(args.device)
-    m = open_model(args.model or args.task, device=device, dtype=args.dtype, bf16=args.bf16)
+    if args.cpu_offload and device.type == "cpu":
+        why = "torch sees no CUDA GPU here" if args.device == "auto" else f"--device {args.device}"
+        raise UsageError(f"--cpu-offload needs a GPU (an accelerator device): it keeps the weights in CPU memory and "
+                         f"moves each module to the GPU while it runs, but the device is cpu ({why}); drop "
+                         "--cpu-offload to run on the CPU")
+    m = open_model(args.model or args.task, device=device, dtype=args.dtype, bf16=args.bf16,
+                   cpu_offload=args.cpu_offload)
     scale = m.default_scale if args.guidance_scale is None else args.guidance_scale
     run_scheduler = _scheduler_run(args, m)
     if args.distilled_guidance is not None:
@@ -234,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or int(m.sampling.get("steps", 50))
     options = sampler_kwargs(sampler, args.eta)
     eps_fn = compose(m.denoiser, m.encoder, expr, guidance_scale=scale, mode=args.mode, rescale=args.rescale,
-                     max_batch=args.max_batch, negation=args.negation)
+                     max_batch=args.max_batch, negation=args.negation, masks=masks, feather=args.feather,
+                     region_mode=args.region_mode)
     if not bool(torch.isfinite(eps_fn.weight_matrix).all()):
         raise UsageError(f"the effective weights (weight x --guidance-scale {scale:g}) overflow; use smaller weights")
     try:
@@ -248,9 +276,9 @@ def run(args: argparse.Namespace) -> int:
     for i, clause in enumerate(eps_fn.clauses):
         if len(eps_fn.clauses) > 1:
             print(f"  clause {i + 1} (pi = {clause.weight:.3f}):")
-        for concept, w in zip(eps_fn.concepts, eps_fn.weight_matrix[i].tolist()):
+        for (k, region), w in zip(eps_fn.slots, eps_fn.weight_matrix[i].tolist()):
             if w:
-                print(f"  {w:+8.3f}  {concept}")
+                print(f"  {w:+8.3f}  {eps_fn.concepts[k]}" + ("" if region is None else f"  @ {region}"))
     how = f"scheduler: {type(run_scheduler.scheduler).__name__}" if run_scheduler else f"sampler: {sampler}"
     print(f"{how}, {steps} steps, {args.n} images, {min(args.batch_size, args.n)} at a time")
 
@@ -291,6 +319,35 @@ def run(args: argparse.Namespace) -> int:
         write_grid_uint8(np.concatenate(tiles), out)
         print(f"wrote {out} ({n} images)")
     return 0
+
+
+def read_masks(specs: list[str]) -> dict[str, torch.Tensor]:
+    """``--mask NAME=FILE`` options -> {NAME: (H, W) float mask}; UsageError for a malformed option,
+    a repeated name, a bad name or a file that is not an image."""
+    from compdiff.cli import UsageError
+    from compdiff.errors import InputError
+    from compdiff.expr.display import excerpt
+    from compdiff.expr.region import MASK_NAME
+    from compdiff.regions import load_mask
+
+    masks: dict[str, torch.Tensor] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise UsageError(f"--mask {excerpt(spec, 80)}: write NAME=FILE, e.g. --mask face=face.png")
+        if not MASK_NAME.fullmatch(name):
+            raise UsageError(f"--mask {excerpt(spec, 80)}: a mask name is 1-64 letters, digits, '_', '.' or '-'")
+        if name in masks:
+            raise UsageError(f"--mask {excerpt(name, 40)} is given twice")
+        try:
+            masks[name] = load_mask(path)
+        except InputError as err:
+            raise UsageError(f"--mask {excerpt(spec, 80)}: {err}") from None
+    return masks
+
+
+def _all_terms(expr) -> list:  # noqa: ANN001
+    return [t for clause in expr.clauses() for t in clause.terms]
 
 
 class _SchedulerRun(NamedTuple):

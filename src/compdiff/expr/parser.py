@@ -10,13 +10,14 @@ from typing import Iterator, NamedTuple
 from compdiff.errors import InputError, ParseError
 from compdiff.expr.display import caret_lines, escape, excerpt
 from compdiff.expr.display import forbidden_char as _forbidden
+from compdiff.expr.region import MASK_NAME, NAMED, Region, box_problem
 from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_DEPTH, MAX_WEIGHT, And, Concept, Expr, Not,
                                 Or, normalize_text, quote, weighted)
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BARE_PUNCT = "_,.-"
 _MAX_W = f"{MAX_WEIGHT:g}".replace("e+0", "e").replace("e+", "e")  # 1e6
-_STOP = '()":'  # characters that end a bare word (besides whitespace)
+_STOP = '()":@'  # characters that end a bare word (besides whitespace)
 
 # --------------------------------------------------------------------------
 # errors with a caret
@@ -43,10 +44,10 @@ def _forbidden_error(text: str, k: int) -> ParseError:
 
 
 class _Tok(NamedTuple):
-    kind: str  # "(", ")", "quoted", "word", "AND", "NOT", "OR", "weight", "end"
+    kind: str  # "(", ")", "quoted", "word", "AND", "NOT", "OR", "weight", "region", "end"
     pos: int  # index of the first character
     end: int  # index after the last character
-    value: object  # str for quoted/word, float for weight
+    value: object  # str for quoted/word, float for weight, Region for region
 
 
 def _bare_ok(ch: str) -> bool:
@@ -66,7 +67,7 @@ def _bare_run(text: str, start: int) -> str:
     while k < len(text):
         while k < len(text) and text[k].isspace():
             k += 1
-        j = _word_end(text, k, stop='()"')
+        j = _word_end(text, k, stop='()"@')
         if j == k or text[k:j] in KEYWORDS:
             break
         end = k = j
@@ -90,6 +91,8 @@ def _lex(text: str) -> Iterator[_Tok]:
             tok = _Tok(c, i, i + 1, None)
         elif c == '"':
             tok = _lex_quoted(text, i)
+        elif c == "@":
+            tok = _lex_region(text, i)
         elif c == ":":
             if prev is not None and prev.kind == "word" and prev.end == i:
                 raise _glued_colon(text, i, run_start)
@@ -162,6 +165,68 @@ def _lex_weight(text: str, i: int) -> _Tok:
                  f"a weight must be a finite number in [-{_MAX_W}, {_MAX_W}]")
 
 
+_REGION_HINT = ("after '@' write a named region (" + ", ".join(NAMED) + "), a box (x0, y0, x1, y1) "
+                "of fractions of the image, origin top left, or mask:NAME")
+
+
+def _lex_region(text: str, i: int) -> _Tok:
+    """The region after '@' at ``i``: a name, ``mask:NAME`` or a box ``(x0, y0, x1, y1)``."""
+    j = i + 1
+    while j < len(text) and text[j].isspace():
+        j += 1
+    if j >= len(text) or text[j] in '")':
+        raise _error(text, i, "'@' with no region after it", _REGION_HINT)
+    if text[j] == "(":
+        close = text.find(")", j)
+        if close < 0:
+            raise _error(text, j, "unclosed '(' in a region box", "a box is (x0, y0, x1, y1), closed by ')'")
+        parts, k = [], j + 1
+        for raw in text[j + 1:close].split(","):
+            start = k + len(raw) - len(raw.lstrip())
+            parts.append((raw.strip(), start))
+            k += len(raw) + 1
+        if len(parts) != 4:
+            raise _error(text, j, f"a region box takes 4 numbers, got {len(parts)}",
+                         "write (x0, y0, x1, y1), fractions of the image in [0, 1], origin top left")
+        coords = []
+        for raw, start in parts:
+            for k in range(start, start + len(raw)):
+                if _forbidden(text[k]):
+                    raise _forbidden_error(text, k)
+            if not _NUMBER.fullmatch(raw) or not math.isfinite(float(raw)):
+                raise _error(text, start, f"box coordinate '{excerpt(raw, 20)}' is not a number",
+                             "write numbers such as 0.25")
+            v = float(raw)
+            if not 0.0 <= v <= 1.0:
+                raise _error(text, start, f"box coordinate {excerpt(raw, 20)} is out of range",
+                             "box coordinates are fractions of the image, in [0, 1]")
+            coords.append(v)
+        problem = box_problem(tuple(coords))
+        if problem:
+            raise _error(text, j, "empty region box", "it needs x0 < x1 and y0 < y1 (origin top left, y down)")
+        return _Tok("region", i, close + 1, Region.box(*coords))
+    if text.startswith("mask:", j):
+        end = _word_end(text, j + 5)
+        name = text[j + 5:end]
+        if not MASK_NAME.fullmatch(name):
+            for k in range(j + 5, end):
+                if _forbidden(text[k]):
+                    raise _forbidden_error(text, k)
+            raise _error(text, j + 5, f"bad mask name '{excerpt(name, 40)}'",
+                         "a mask name is 1-64 letters, digits, '_', '.' or '-', e.g. mask:face")
+        return _Tok("region", i, end, Region.mask(name))
+    end = _word_end(text, j)
+    word = text[j:end]
+    if word in KEYWORDS or not word:
+        raise _error(text, i, "'@' with no region after it", _REGION_HINT)
+    if word not in NAMED:
+        for k in range(j, end):
+            if _forbidden(text[k]):
+                raise _forbidden_error(text, k)
+        raise _error(text, j, f"unknown region '{excerpt(word, 40)}'", _REGION_HINT)
+    return _Tok("region", i, end, Region.named(word))
+
+
 def _check_word(text: str, i: int, j: int, run_start: int) -> None:
     word = text[i:j]
     core = word.strip(_BARE_PUNCT)
@@ -197,9 +262,10 @@ def _glued_colon(text: str, i: int, run_start: int) -> ParseError:
 
 
 class _Parser:
-    def __init__(self, text: str, max_concepts: int) -> None:
+    def __init__(self, text: str, max_concepts: int, masks: frozenset[str] | None = None) -> None:
         self.text = text
         self.max_concepts = max_concepts
+        self.masks = masks
         self.count = 0
         self._toks = _lex(text)
         self.prev: _Tok | None = None
@@ -241,13 +307,13 @@ class _Parser:
         t = self.tok
         if t.kind == "quoted":
             self.advance()
-            return self.weight_on_concept(self.concept(t, str(t.value)))
+            return self.suffixes(self.concept(t, str(t.value)))
         if t.kind == "word":
             words = []
             while self.tok.kind == "word":
                 words.append(str(self.tok.value))
                 self.advance()
-            return self.weight_on_concept(self.concept(t, " ".join(words)))
+            return self.suffixes(self.concept(t, " ".join(words)))
         if t.kind == "(":
             self.check_depth(depth)
             self.advance()
@@ -262,7 +328,10 @@ class _Parser:
             if self.tok.kind == "weight":
                 w = float(self.tok.value)  # type: ignore[arg-type]
                 self.advance()
-                return weighted(inner, w)
+                inner = weighted(inner, w)
+            if self.tok.kind == "region":
+                raise self.error(self.tok, "a region on a group",
+                                 "a region goes on one concept: put '@ ...' on each concept inside the parentheses")
             return inner
         raise self.expected_concept()
 
@@ -278,6 +347,23 @@ class _Parser:
                 f"has no such option and always allows {DEFAULT_MAX_CONCEPTS}",
             )
         return Concept(text)
+
+    def suffixes(self, c: Concept) -> Concept:
+        """A concept's weight and region, in either order: ``"a":2 @ left`` or ``"a" @ left :2``."""
+        c = self.weight_on_concept(c)
+        if self.tok.kind == "region":
+            region = self.tok.value
+            assert isinstance(region, Region)
+            if region.kind == "mask" and self.masks is not None and region.name not in self.masks:
+                given = ", ".join(sorted(self.masks)) or "none"
+                raise self.error(self.tok, f"no mask named '{excerpt(region.name, 40)}'",
+                                 f"supply it (CLI: --mask {excerpt(region.name, 40)}=FILE.png; Python: "
+                                 f"masks={{'{excerpt(region.name, 40)}': tensor}}); masks given: {given}")
+            c = replace(c, region=region)
+            self.advance()
+            if c.weight == 1.0:
+                c = self.weight_on_concept(c)
+        return c
 
     def weight_on_concept(self, c: Concept) -> Concept:
         if self.tok.kind != "weight":
@@ -308,6 +394,9 @@ class _Parser:
                 return self.error(t, f"{t.kind} right after {p.kind}",
                                   "expected a concept between them")
             return self.error(t, f"dangling {t.kind}", "expected a concept before it")
+        if t.kind == "region":
+            return self.error(t, "a region with no concept before it",
+                              "a region goes right after a concept, e.g. \"a cat\" @ left")
         assert t.kind == "weight", t
         return self.error(
             t, "weight with nothing to weigh",
@@ -326,6 +415,8 @@ class _Parser:
             return self.error(t, "NOT cannot join two concepts", "write AND NOT")
         if t.kind == ")":
             return self.error(t, "unmatched ')'", "no '(' before it")
+        if t.kind == "region":
+            return self.error(t, "second region", "a concept takes one region")
         assert t.kind == "weight", t
         return self.error(
             t, "second weight",
@@ -334,12 +425,14 @@ class _Parser:
         )
 
 
-def parse(text: str, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> Expr:
-    """Parse a concept expression such as ``"a red cube" AND NOT "metal":0.5``.
+def parse(text: str, max_concepts: int = DEFAULT_MAX_CONCEPTS, masks=None) -> Expr:
+    """Parse a concept expression such as ``"a red cube" @ left AND NOT "metal":0.5``.
 
     Raises ``ParseError`` (and only that, for any string) naming the column,
     with the text and a caret under the bad place. ``max_concepts`` limits the
-    number of concept leaves (counted before merging repeats).
+    number of concept leaves (counted before merging repeats). ``masks``: the names
+    of the masks the caller has (an iterable of str); when given, a ``mask:NAME``
+    region naming another mask is a ParseError at its '@'.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() takes a str, got {type(text).__name__}")
@@ -347,7 +440,7 @@ def parse(text: str, max_concepts: int = DEFAULT_MAX_CONCEPTS) -> Expr:
         raise InputError(f"max_concepts must be a positive integer, got {max_concepts!r}")
     if not text.strip():
         raise ParseError('empty expression: write at least one concept, e.g. "a red cube"')
-    p = _Parser(text, max_concepts)
+    p = _Parser(text, max_concepts, None if masks is None else frozenset(masks))
     e = p.parse_or(0)
     if p.tok.kind != "end":
         raise p.unexpected()

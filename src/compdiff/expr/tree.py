@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from compdiff.errors import InputError
 from compdiff.expr.display import escape, excerpt, forbidden_char
+from compdiff.expr.region import Region, as_region
 
 KEYWORDS = ("AND", "NOT", "OR")
 #: most parentheses + NOTs enclosing any concept (guards the recursion)
@@ -22,10 +23,15 @@ _SHOWN = 100
 
 
 class Term(NamedTuple):
-    """One flat weighted concept: the unit compose batches through the model."""
+    """One flat weighted concept: the unit compose batches through the model. ``region``: where
+    on the image its guidance applies (None: everywhere); see ``compdiff.expr.region``."""
 
     concept: str
     weight: float
+    region: Region | None = None
+
+    def sort_key(self) -> tuple:
+        return (self.concept, self.weight, () if self.region is None else self.region.sort_key())
 
 
 class Clause(NamedTuple):
@@ -78,7 +84,7 @@ class Expr:
         while stack:
             e, factor = stack.pop()
             if isinstance(e, Concept):
-                out.append(Term(e.text, factor * e.weight))
+                out.append(Term(e.text, factor * e.weight, e.region))
             elif isinstance(e, Not):
                 stack.append((e.child, -factor))
             else:  # And (Or excluded above)
@@ -87,7 +93,7 @@ class Expr:
         return out
 
     def terms(self) -> list[Term]:
-        """The flat weighted terms; repeated concepts merged by adding their
+        """The flat weighted terms; repeated (concept, region) pairs merged by adding their
         weights, in order of first appearance (see the module docstring)."""
         return _merge(self.leaves())
 
@@ -102,13 +108,13 @@ class Expr:
         merged: dict[tuple[Term, ...], float] = {}
         for pi, leaves in raw:
             terms = tuple(_merge(leaves))
-            key = tuple(sorted(terms))
+            key = tuple(sorted(terms, key=Term.sort_key))
             merged[key] = merged.get(key, 0.0) + pi
         out: list[Clause] = []
         seen: set[tuple[Term, ...]] = set()
         for pi, leaves in raw:  # first-appearance order
             terms = tuple(_merge(leaves))
-            key = tuple(sorted(terms))
+            key = tuple(sorted(terms, key=Term.sort_key))
             if key not in seen:
                 seen.add(key)
                 out.append(Clause(merged[key] / total, terms))
@@ -134,13 +140,13 @@ class Expr:
 
 
 def _merge(leaves: list[Term]) -> list[Term]:
-    """Repeated concepts merged by adding their weights (exactly rounded), in
-    order of first appearance."""
-    merged: dict[str, list[float]] = {}
-    for text, w in leaves:
-        merged.setdefault(text, []).append(w)
+    """Repeated concepts (the same text and region) merged by adding their weights (exactly
+    rounded), in order of first appearance."""
+    merged: dict[tuple[str, Region | None], list[float]] = {}
+    for term in leaves:
+        merged.setdefault((term.concept, term.region), []).append(term.weight)
     out = []
-    for text, ws in merged.items():
+    for (text, region), ws in merged.items():
         try:  # fsum: exactly rounded, so a + 1e16 - 1e16 stays a
             w = math.fsum(ws)
         except (OverflowError, ValueError):
@@ -150,7 +156,7 @@ def _merge(leaves: list[Term]) -> list[Term]:
                 f"the weights of concept {excerpt(quote(text), 60)} multiply out to a "
                 "non-finite value; use smaller weights"
             )
-        out.append(Term(text, w + 0.0))  # + 0.0 turns -0.0 into 0.0
+        out.append(Term(text, w + 0.0, region))  # + 0.0 turns -0.0 into 0.0
     return out
 
 
@@ -163,14 +169,14 @@ def _dnf(e: Expr, factor: float, operand_of_or: bool, max_clauses: int) -> list[
     the caller), so it is not multiplied into the guidance weights here."""
     own = 1.0 if operand_of_or else getattr(e, "weight", 1.0)
     if isinstance(e, Concept):
-        return [(1.0, [Term(e.text, factor * own)])]
+        return [(1.0, [Term(e.text, factor * own, e.region)])]
     if isinstance(e, Not):
         if e.child.has_or():
             raise InputError(
                 f"NOT of an expression with OR is not defined: {excerpt(str(e), _SHOWN)}; put NOT on "
                 "each concept instead, e.g. NOT \"a\" AND NOT \"b\""
             )
-        return [(1.0, [Term(t, -factor * w) for t, w in e.child.leaves()])]
+        return [(1.0, [Term(t.concept, -factor * t.weight, t.region) for t in e.child.leaves()])]
     f = factor * own
     if isinstance(e, And):
         out: list[_RawClause] = [(1.0, [])]
@@ -218,10 +224,12 @@ def _check_weight(weight: object) -> float:
 
 @dataclass(frozen=True)
 class Concept(Expr):
-    """A concept with its weight. ``text`` is normalised on construction."""
+    """A concept with its weight and, optionally, its region (a ``Region``, or a name or box
+    that ``as_region`` reads). ``text`` is normalised on construction."""
 
     text: str
     weight: float = 1.0
+    region: Region | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -234,6 +242,7 @@ class Concept(Expr):
             raise InputError(f"a concept's text cannot hold the control character {escape(bad)}")
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "weight", _check_weight(self.weight))
+        object.__setattr__(self, "region", as_region(self.region))
 
 
 def _check_children(node: And | Or) -> None:
@@ -316,7 +325,7 @@ def _wsuffix(w: float) -> str:
 
 def _fmt(e: Expr) -> str:
     if isinstance(e, Concept):
-        return quote(e.text) + _wsuffix(e.weight)
+        return quote(e.text) + _wsuffix(e.weight) + ("" if e.region is None else f" @ {e.region}")
     if isinstance(e, Not):
         return "NOT " + _operand(e.child, (And, Or))
     assert isinstance(e, (And, Or))
@@ -343,7 +352,7 @@ def _pretty(e: Expr, indent: int, lines: list[str]) -> None:
     w = getattr(e, "weight", 1.0)
     suffix = "" if w == 1.0 else f" (weight {w!r})"
     if isinstance(e, Concept):
-        lines.append(pad + quote(e.text) + suffix)
+        lines.append(pad + quote(e.text) + suffix + ("" if e.region is None else f" @ {e.region}"))
     elif isinstance(e, Not):
         lines.append(pad + "NOT")
         _pretty(e.child, indent + 1, lines)
