@@ -56,8 +56,9 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.registry import OpenedModel, register_backend
+from compdiff.backends.offload import execution_device
 from compdiff.backends.sd3 import (FlowBackend, calculate_shift, check_scheduler, class_detector, components_of,
-                                   load_components, module_device, open_dtype, to_device, warn_truncated)
+                                   load_components, open_dtype, to_device, warn_truncated)
 from compdiff.errors import InputError
 from compdiff.schedule import Spacing
 
@@ -111,11 +112,11 @@ class FluxPromptEncoder:
         prompts = list(concepts)
         if not prompts:
             raise ValueError("encode() needs at least one prompt")
-        device = module_device(self.text_encoder_2)
+        device = execution_device(self.text_encoder_2)
         warn_truncated(self.tokenizer, prompts, self.clip_length, "the CLIP text encoder")
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.clip_length, truncation=True,
                              return_tensors="pt").input_ids
-        pooled = self.text_encoder(ids.to(module_device(self.text_encoder)), output_hidden_states=False).pooler_output
+        pooled = self.text_encoder(ids.to(execution_device(self.text_encoder)), output_hidden_states=False).pooler_output
         warn_truncated(self.tokenizer_2, prompts, self.max_sequence_length, "the T5 text encoder")
         ids = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                return_tensors="pt").input_ids
@@ -142,7 +143,7 @@ class FluxDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        device, dtype = module_device(self.transformer), next(self.transformer.parameters()).dtype
+        device, dtype = execution_device(self.transformer), next(self.transformer.parameters()).dtype
         B, _, h, w = x.shape
         tokens = cond["tokens"].to(device, dtype)
         timestep = torch.as_tensor(t).to(device, torch.float32).expand(B)

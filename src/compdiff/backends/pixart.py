@@ -38,11 +38,11 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import vae_decode
-from compdiff.backends.offload import enable_model_cpu_offload
+from compdiff.backends.offload import enable_model_cpu_offload, execution_device
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import is_flow_scheduler, sample_with_scheduler
-from compdiff.backends.sd3 import (class_detector, components_of, load_components, module_device, open_dtype,
-                                   read_index, to_device, warn_truncated)
+from compdiff.backends.sd3 import (class_detector, components_of, load_components, open_dtype, read_index, to_device,
+                                   warn_truncated)
 from compdiff.compose import Mode, compose
 from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
@@ -89,7 +89,7 @@ class T5PromptEncoder:
         warn_truncated(self.tokenizer, prompts, self.max_sequence_length, "the T5 text encoder")
         inputs = self.tokenizer(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                 add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        device = module_device(self.text_encoder)
+        device = execution_device(self.text_encoder)
         mask = inputs.attention_mask.to(device)
         tokens = self.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
         return {"tokens": tokens.to(self.text_encoder.dtype), "mask": mask}
@@ -114,7 +114,7 @@ class PixArtDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        device, dtype = module_device(self.transformer), next(self.transformer.parameters()).dtype
+        device, dtype = execution_device(self.transformer), next(self.transformer.parameters()).dtype
         t = torch.as_tensor(t)
         timestep = t.to(device).reshape(-1).expand(x.shape[0])
         out = self.transformer(x.to(device, dtype), encoder_hidden_states=cond["tokens"].to(device, dtype),
@@ -207,7 +207,7 @@ class PixArtBackend:
     @property
     def device(self) -> torch.device:
         """Where the transformer runs (its execution device under cpu_offload, where its weights are otherwise)."""
-        return module_device(self.transformer)
+        return execution_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -225,12 +225,6 @@ def warn_truncated(tokenizer: Any, prompts: Sequence[str], max_length: int, what
                           f"the last {dropped} tokens were dropped", PromptTruncatedWarning, stacklevel=4)
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """Where ``module`` runs: its execution device under cpu_offload (its weights then wait on the CPU),
-    else the device of its weights."""
-    return execution_device(module)
-
-
 def to_device(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
     """``module`` on ``device`` in ``dtype`` (cast only when it differs), in eval mode."""
     if next(module.parameters()).dtype != dtype:
@@ -275,7 +269,7 @@ class FlowBackend:
     @property
     def device(self) -> torch.device:
         """Where the transformer runs (its execution device under cpu_offload, where its weights are otherwise)."""
-        return module_device(self.transformer)
+        return execution_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -404,20 +398,20 @@ class SD3PromptEncoder:
             warn_truncated(tokenizer, prompts, self.clip_length, "the CLIP text encoders")
         ids = tokenizer(prompts, padding="max_length", max_length=self.clip_length, truncation=True,
                         return_tensors="pt").input_ids
-        out = encoder(ids.to(module_device(encoder)), output_hidden_states=True)
-        dtype, device = self.text_encoders[0].dtype, module_device(self.text_encoders[0])
+        out = encoder(ids.to(execution_device(encoder)), output_hidden_states=True)
+        dtype, device = self.text_encoders[0].dtype, execution_device(self.text_encoders[0])
         return out.hidden_states[-2].to(device, dtype), out[0].to(device, dtype)
 
     def _t5(self, prompts: list[str]) -> Tensor:
         first = self.text_encoders[0]
         if self.text_encoder_3 is None:
             return torch.zeros(len(prompts), self.max_sequence_length, self.joint_attention_dim,
-                               device=module_device(first), dtype=first.dtype)
+                               device=execution_device(first), dtype=first.dtype)
         warn_truncated(self.tokenizer_3, prompts, self.max_sequence_length, "the T5 text encoder")
         ids = self.tokenizer_3(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                add_special_tokens=True, return_tensors="pt").input_ids
-        out = self.text_encoder_3(ids.to(module_device(self.text_encoder_3)))[0]
-        return out.to(module_device(first), self.text_encoder_3.dtype)
+        out = self.text_encoder_3(ids.to(execution_device(self.text_encoder_3)))[0]
+        return out.to(execution_device(first), self.text_encoder_3.dtype)
 
     @torch.no_grad()
     def encode(self, concepts: Sequence[str]) -> dict[str, Tensor]:
@@ -446,7 +440,7 @@ class SD3Denoiser:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        device, dtype = module_device(self.transformer), next(self.transformer.parameters()).dtype
+        device, dtype = execution_device(self.transformer), next(self.transformer.parameters()).dtype
         timestep = (torch.as_tensor(t).to(device, torch.float64) * self.time_scale).to(torch.float32)
         out = self.transformer(hidden_states=x.to(device, dtype), timestep=timestep.expand(x.shape[0]),
                                encoder_hidden_states=cond["tokens"].to(device, dtype),
