@@ -53,6 +53,13 @@ def test_eval_cli_writes_reports(tiny_models, tmp_path, capsys):
         assert len(cell["success"]) == 4 and cell["accuracy"] == sum(cell["success"]) / 4
         assert math.isfinite(cell["fd_judge"]) and cell["fd_judge"] >= 0 and cell["extra_objects"] >= 0
         assert cell["real_accuracy"] == 1.0  # the judge reads the real renders of the sets
+        # the per-set record: what was asked, which concepts held, what the judge read
+        assert [len(a) for a in cell["asked"]] == [cell["k"]] * 4
+        assert [len(c) for c in cell["concept_success"]] == [cell["k"]] * 4
+        assert cell["success"] == [all(c) for c in cell["concept_success"]]  # objects has no NOT here
+        flat = [v for c in cell["concept_success"] for v in c]
+        assert cell["concept_accuracy"] == sum(flat) / len(flat)
+        assert len(cell["judged"]) == 4 and all(" at " in o for j in cell["judged"] for o in j)
     table = (out / "table.md").read_text()
     assert "| composed |" in table and "| joint |" in table and "K=2" in table
     for f in ("accuracy.png", "grid_composed_K1.png", "grid_joint_K2.png"):

@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
         for i, sc in enumerate(scenes, start):
             true = [task.format(c) for c in task.true_concepts(sc)]
             labels.append(task.grid_label(sc, np.random.default_rng([args.seed, i, 1])))
-            objs = "; ".join(f"{o.size} {o.color} {o.material} {o.shape} at {o.x:.2f},{o.y:.2f}"
-                             for o in sc.objects)
+            objs = "; ".join(o.describe() for o in sc.objects)
             lines.append(f"[{i}] objects: {objs}")
             lines.append(f"[{i}] label: {' | '.join(labels[-1])}")
             lines.extend(f"[{i}] true: {t}" for t in true)

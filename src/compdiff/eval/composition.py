@@ -159,9 +159,15 @@ def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tenso
            region_size: float = REGION_SIZE) -> dict[str, Any]:
     judged = judge.read(images, layout=task.layout)
     ok = [s.satisfied_by(task, j) for s, j in zip(sets, judged)]
-    per = [task.holds(c, j) for s, j in zip(sets, judged) for c in s.positives]
-    res: dict[str, Any] = {"accuracy": float(np.mean(ok)), "concept_accuracy": float(np.mean(per)),
-                           "success": [bool(v) for v in ok]}
+    per_set = [[bool(task.holds(c, j)) for c in s.positives] for s, j in zip(sets, judged)]
+    res: dict[str, Any] = {"accuracy": float(np.mean(ok)),
+                           "concept_accuracy": float(np.mean([v for p in per_set for v in p])),
+                           "success": [bool(v) for v in ok],
+                           # per set, for reading a cell afterwards (bench/eval_breakdown.py): what was
+                           # asked, which positive concepts held, and what the judge read in the image
+                           "asked": [[task.format(c) for c in s.positives] for s in sets],
+                           "concept_success": per_set,
+                           "judged": [[o.describe() for o in j.objects] for j in judged]}
     res.update(task.extra_metrics(sets, judged))
     if has_regions(task):
         res.update(region_metrics(task, sets, judged, region_size))

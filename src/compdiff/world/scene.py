@@ -66,6 +66,10 @@ class Obj:
     def extent(self) -> float:
         return EXTENT[self.size]
 
+    def describe(self) -> str:
+        """``"large red metal cube at 0.50,0.25"``: one line, as reports and `world render` print it."""
+        return f"{self.size} {self.color} {self.material} {self.shape} at {self.x:.2f},{self.y:.2f}"
+
 
 @dataclass(frozen=True)
 class Scene:
