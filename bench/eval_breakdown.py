@@ -1,0 +1,135 @@
+"""Read an eval report cell by cell: which concepts fail, and what is drawn instead.
+
+    .venv/bin/python bench/eval_breakdown.py reports/beyond-attributes-held-out [--cells composed/K2,joint/K2]
+
+Works on the per-set record `compdiff eval` writes in each cell of results.json (`asked`,
+`concept_success`, `judged`; cells written before that record existed are skipped, with a line
+saying so). Prints markdown:
+
+* per-concept accuracy by kind (attributes: shape / color / size / material; other tasks: the
+  concept's own text, worst first);
+* with `--hold-out` in the report's spec, for each held-out combination a set asks for, how often
+  both halves held, only one, or neither (attributes: the first judged object is the one object);
+* attributes: for each missed word, the value of that kind the judge read instead (the most
+  common substitutions).
+
+Nothing is sampled; it reads the JSON only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from compdiff.world import get_task
+from compdiff.world.holdout import get_split
+
+KINDS = ("size", "color", "material", "shape")
+
+
+def read_object(text: str) -> dict[str, str]:
+    """``"large red metal cube at 0.50,0.25"`` (``Obj.describe``) -> {size, color, material, shape}."""
+    words = text.split(" at ")[0].split()
+    return dict(zip(KINDS, words))
+
+
+def pct(a: int, b: int) -> str:
+    return f"{100 * a / b:.1f}% ({a}/{b})" if b else "-"
+
+
+def by_kind(task, cell) -> list[str]:
+    """Per-concept accuracy grouped by the concept's kind (attributes) or its text (other tasks)."""
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for asked, held in zip(cell["asked"], cell["concept_success"]):
+        for text, ok in zip(asked, held):
+            c = task.parse(text)
+            key = getattr(c, "kind", None) or text
+            tally[key][0] += ok
+            tally[key][1] += 1
+    rows = sorted(tally.items(), key=lambda kv: kv[1][0] / kv[1][1])
+    return ["| concept | held |", "|---|---|"] + [f"| {k} | {pct(*v)} |" for k, v in rows]
+
+
+def held_out_pairs(task, split, cell) -> list[str]:
+    """Each held-out within-object pair asked: both halves held / only the first / only the second / neither."""
+    tally: dict[str, Counter] = defaultdict(Counter)
+    for asked, judged in zip(cell["asked"], cell["judged"]):
+        concepts = [task.parse(t) for t in asked]
+        obj = read_object(judged[0]) if judged else {}
+        words = {c.kind: c.word for c in concepts if hasattr(c, "kind")}
+        for kinds, pairs in split.within.items():
+            k1, k2 = kinds.split(",")
+            if (words.get(k1), words.get(k2)) not in pairs:
+                continue
+            a, b = obj.get(k1) == words[k1], obj.get(k2) == words[k2]
+            tally[f"{words[k1]} {words[k2]}"][(a, b)] += 1
+    if not tally:
+        return []
+    lines = ["| held-out pair | asked | both | only the first | only the second | neither |", "|---|---|---|---|---|---|"]
+    for pair, c in sorted(tally.items()):
+        n = sum(c.values())
+        lines.append(f"| {pair} | {n} | " + " | ".join(pct(c[key], n) for key in
+                                                      ((True, True), (True, False), (False, True), (False, False))) + " |")
+    total = Counter()
+    for c in tally.values():
+        total.update(c)
+    n = sum(total.values())
+    lines.append(f"| all | {n} | " + " | ".join(pct(total[key], n) for key in
+                                               ((True, True), (True, False), (False, True), (False, False))) + " |")
+    return lines
+
+
+def substitutions(task, cell, top: int = 10) -> list[str]:
+    """attributes: for each missed word, the value of its kind that the judge read on the object."""
+    subs: Counter = Counter()
+    for asked, held, judged in zip(cell["asked"], cell["concept_success"], cell["judged"]):
+        obj = read_object(judged[0]) if judged else {}
+        for text, ok in zip(asked, held):
+            c = task.parse(text)
+            if not ok and hasattr(c, "kind"):
+                subs[(c.word, obj.get(c.kind, "nothing"))] += 1
+    if not subs:
+        return []
+    return (["| asked | drawn instead | times |", "|---|---|---|"]
+            + [f"| {a} | {b} | {n} |" for (a, b), n in subs.most_common(top)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("report", help="an eval --out folder (with results.json)")
+    p.add_argument("--cells", default="", help="comma-separated cells, e.g. composed/K2 (default: all)")
+    args = p.parse_args(argv)
+    path = Path(args.report) / "results.json"
+    if not path.is_file():
+        print(f"eval_breakdown: no results.json in {args.report}", file=sys.stderr)
+        return 2
+    res = json.loads(path.read_text())
+    task = get_task(res["spec"]["task"])
+    name = res["spec"].get("hold_out")
+    split = get_split(task.name, name) if name else None
+    wanted = [c for c in args.cells.split(",") if c] or list(res["cells"])
+    for key in wanted:
+        cell = res["cells"].get(key)
+        if cell is None:
+            print(f"eval_breakdown: no cell {key!r} in {path} (cells: {', '.join(res['cells'])})", file=sys.stderr)
+            return 2
+        head = f"## {key} ({res['spec'].get('sets', 'all')} sets): {100 * cell['accuracy']:.1f}% of sets"
+        if "asked" not in cell:
+            print(f"{head}\n\n(no per-set record: written before eval kept one; re-run the cell)\n")
+            continue
+        print(head + "\n")
+        print("\n".join(by_kind(task, cell)) + "\n")
+        if split is not None and split.within:
+            lines = held_out_pairs(task, split, cell)
+            if lines:
+                print("\n".join(lines) + "\n")
+        lines = substitutions(task, cell)
+        if lines:
+            print("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""bench/eval_breakdown.py: the per-set record of an eval cell, read back into tables."""
+import importlib.util
+import json
+from pathlib import Path
+
+SPEC = importlib.util.spec_from_file_location("eval_breakdown", Path(__file__).parents[1] / "bench" / "eval_breakdown.py")
+breakdown = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(breakdown)
+
+
+def write(tmp_path, cells, hold_out="default"):
+    res = {"spec": {"task": "attributes", "sets": "held-out", "hold_out": hold_out}, "cells": cells}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    return str(tmp_path)
+
+
+CELL = {
+    "accuracy": 0.25,
+    # red sphere (held out): right colour, shape went to cylinder; green cube (held out): both held;
+    # red metal (held out): neither; gray cube (held out): shape held, colour went to cyan
+    "asked": [["red", "sphere"], ["green", "cube"], ["red", "metal"], ["gray", "cube"]],
+    "concept_success": [[True, False], [True, True], [False, False], [False, True]],
+    "judged": [["large red rubber cylinder at 0.50,0.50"], ["small green metal cube at 0.50,0.50"],
+               ["large blue rubber cube at 0.50,0.50"], ["large cyan metal cube at 0.50,0.50"]],
+}
+
+
+def test_tables_count_what_was_asked_and_drawn(tmp_path, capsys):
+    assert breakdown.main([write(tmp_path, {"composed/K2": CELL})]) == 0
+    out = capsys.readouterr().out
+    assert "| color | 50.0% (2/4) |" in out          # red, green, red, gray: green and red(1st) held
+    assert "| shape | 66.7% (2/3) |" in out          # sphere missed, cube twice held
+    assert "| material | 0.0% (0/1) |" in out
+    assert "| red sphere | 1 | 0.0% (0/1) | 100.0% (1/1) | 0.0% (0/1) | 0.0% (0/1) |" in out
+    assert "| gray cube | 1 | 0.0% (0/1) | 0.0% (0/1) | 100.0% (1/1) | 0.0% (0/1) |" in out
+    assert "| red metal | 1 | 0.0% (0/1) | 0.0% (0/1) | 0.0% (0/1) | 100.0% (1/1) |" in out
+    assert "| all | 4 | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) |" in out
+    assert "| sphere | cylinder | 1 |" in out and "| gray | cyan | 1 |" in out and "| metal | rubber | 1 |" in out
+    # a concept that held is never listed as a substitution
+    assert "| green |" not in out.split("drawn instead")[1]
+
+
+def test_old_cells_and_bad_input(tmp_path, capsys):
+    old = {k: v for k, v in CELL.items() if k == "accuracy"}
+    assert breakdown.main([write(tmp_path, {"composed/K2": old})]) == 0
+    assert "no per-set record" in capsys.readouterr().out
+    assert breakdown.main([write(tmp_path, {"composed/K2": CELL}), "--cells", "joint/K2"]) == 2
+    assert "no cell 'joint/K2'" in capsys.readouterr().err
+    assert breakdown.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_without_a_split_only_kinds_and_substitutions(tmp_path, capsys):
+    assert breakdown.main([write(tmp_path, {"composed/K2": CELL}, hold_out=None)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out pair" not in out and "| color |" in out and "drawn instead" in out
