@@ -233,7 +233,8 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
                         fd_floor=fd_floor, real_accuracy=real_acc)
             results["cells"][f"{name}/K{k}"] = cell
             if main:
-                _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16])
+                _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16],
+                           spec.region_size if m.regions else None)
                 write_json(path, results)
                 write_reports(results, out)
     bar.close()
@@ -247,10 +248,14 @@ def _render(scenes: list, resolution: int, chunk: int = 256) -> torch.Tensor:
     return torch.cat([render(scenes[i:i + chunk], resolution) for i in range(0, len(scenes), chunk)])
 
 
-def _save_grid(path: Path, task: Task, sets: list[ConceptSet], images: torch.Tensor, ok: list[bool]) -> None:
+def _save_grid(path: Path, task: Task, sets: list[ConceptSet], images: torch.Tensor, ok: list[bool],
+               region_size: float | None = None) -> None:
+    """The first sets' images, labelled; with ``region_size`` (a regions method), each positive
+    concept's box drawn on its image in the colour of its label line."""
     labels = [["OK" if g else "miss"] + [task.format(c) for c in s.positives]
               + ([f"NOT {task.format(s.negative)}"] if s.negative is not None else []) for s, g in zip(sets, ok)]
-    write_png(make_grid(to_uint8(images), labels, columns=8, scale=4), path)
+    boxes = [s.boxes(task, region_size) for s in sets] if region_size is not None else None
+    write_png(make_grid(to_uint8(images), labels, columns=8, scale=4, boxes=boxes, boxed_lines=1), path)
 
 
 #: per-cell metrics a task may add (extra_metrics, region_metrics): key, table.md column, format
