@@ -14,7 +14,8 @@ import math
 from pathlib import Path
 
 STYLE = {"composed": ("C0", "o", "composed (sum, the paper)"), "composed-mean": ("C1", "s", "composed (mean)"),
-         "joint": ("C3", "^", "joint conditioning")}
+         "joint": ("C3", "^", "joint conditioning"),
+         "composed-regions": ("C2", "D", "composed, each concept in its box (regions)")}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -40,10 +40,11 @@ from typing import Any
 import numpy as np
 
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
-from compdiff.world.tasks.attributes import canonical, with_synonyms
+from compdiff.world.tasks.attributes import with_synonyms
 from compdiff.world.tasks.base import Task, parse_error
-from compdiff.world.tasks.relations import (_ARTICLES, _KIND_VOCAB, _NOUNS, _REL_PHRASES, _WORD_KIND, OMIT_PROB,
-                                            Desc, _desc_row, _fmt_desc, _row_desc, _tokens)
+from compdiff.world.tasks.relations import (_ARTICLES, _KIND_VOCAB, _REL_PHRASES, OMIT_PROB,
+                                            Desc, _desc_row, _fmt_desc, _row_desc, _tokens,
+                                            read_desc_words)
 
 _ACCEPTED = ("'[a|an|the] [size] [color] [material] [shape]' naming at least one attribute, with size in "
              + with_synonyms(SIZES) + "; color in " + with_synonyms(COLORS) + "; material in "
@@ -66,27 +67,9 @@ class DescribedTask(Task[Desc]):
     # --- text ---------------------------------------------------------------
     def parse(self, text: str) -> Desc:
         toks = _tokens(text)
-        attrs: dict[str, str] = {}
-        noun_seen = False
-        for j, (tok, col) in enumerate(toks):
-            if j == 0 and tok in _ARTICLES:
-                continue
-            if tok in _REL_WORDS:
-                raise parse_error(text, col, f"{tok!r} starts a relation, but a described concept is one object "
-                                  "(relations between objects are the relations task)", _ACCEPTED)
-            if noun_seen:
-                raise parse_error(text, col, f"unexpected word {tok!r} after the noun", _ACCEPTED)
-            if tok in _NOUNS:
-                noun_seen = True
-                continue
-            word = canonical(tok)
-            kind = _WORD_KIND.get(word)
-            if kind is None:
-                raise parse_error(text, col, f"unknown word {tok!r}", _ACCEPTED)
-            if kind in attrs:
-                raise parse_error(text, col, f"a second {kind} {tok!r} (already {attrs[kind]!r})", _ACCEPTED)
-            attrs[kind] = word
-            noun_seen = kind == "shape"
+        attrs = read_desc_words(text, toks, _ACCEPTED, refuse=lambda tok: (
+            f"{tok!r} starts a relation, but a described concept is one object (relations between "
+            "objects are the relations task)" if tok in _REL_WORDS else None))
         if not attrs:
             what = (f"{text.strip()!r} names no attribute" if toks else "empty description")
             col = toks[-1][1] if toks else len(text)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from itertools import permutations
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -148,6 +148,36 @@ def _common_prefix(words: list[str], phrase: tuple[str, ...]) -> int:
     return n
 
 
+def read_desc_words(text: str, toks: list[tuple[str, int]], accepted: str,
+                    refuse: Callable[[str], str | None] = lambda tok: None) -> dict[str, str]:
+    """The attributes named by one object's words ``toks`` ((word, column) pairs of ``text``):
+    ``[a|an|the] [size] [color] [material] [noun]`` in any order, each kind at most once,
+    nothing after the noun. ``refuse(tok)`` may give a reason to reject a word before it is read.
+    A word that breaks these rules is a parse error at its column, listing ``accepted``."""
+    attrs: dict[str, str] = {}
+    noun_seen = False
+    for j, (tok, col) in enumerate(toks):
+        if j == 0 and tok in _ARTICLES:
+            continue
+        why = refuse(tok)
+        if why is not None:
+            raise parse_error(text, col, why, accepted)
+        if noun_seen:
+            raise parse_error(text, col, f"unexpected word {tok!r} after the noun", accepted)
+        if tok in _NOUNS:
+            noun_seen = True
+            continue
+        word = canonical(tok)
+        kind = _WORD_KIND.get(word)
+        if kind is None:
+            raise parse_error(text, col, f"unknown word {tok!r}", accepted)
+        if kind in attrs:
+            raise parse_error(text, col, f"a second {kind} {tok!r} (already {attrs[kind]!r})", accepted)
+        attrs[kind] = word
+        noun_seen = kind == "shape"
+    return attrs
+
+
 class RelationsTask(Task[Relation]):
     name = "relations"
     help = ("'[size] [color] [material] [shape] RELATION [size] [color] [material] [shape]', "
@@ -178,27 +208,7 @@ class RelationsTask(Task[Relation]):
         if not toks:
             pos = len(text) if side == "second" else 0
             raise parse_error(text, pos, f"missing the {side} object", _ACCEPTED)
-        attrs: dict[str, str] = {}
-        noun_seen = False
-        for j, (tok, col) in enumerate(toks):
-            if j == 0 and tok in _ARTICLES:
-                continue
-            if noun_seen:
-                raise parse_error(text, col, f"unexpected word {tok!r} after the noun",
-                                  _ACCEPTED)
-            if tok in _NOUNS:
-                noun_seen = True
-                continue
-            word = canonical(tok)
-            kind = _WORD_KIND.get(word)
-            if kind is None:
-                raise parse_error(text, col, f"unknown word {tok!r}", _ACCEPTED)
-            if kind in attrs:
-                raise parse_error(text, col, f"a second {kind} {tok!r} (already "
-                                  f"{attrs[kind]!r})", _ACCEPTED)
-            attrs[kind] = word
-            noun_seen = kind == "shape"
-        return Desc(**attrs)
+        return Desc(**read_desc_words(text, toks, _ACCEPTED))
 
     def format(self, concept: Relation) -> str:
         return f"{_fmt_desc(concept.first)} {concept.rel} {_fmt_desc(concept.second)}"
