@@ -7,7 +7,7 @@
 #       --joint --joint-subsets
 # Both methods are sampled with the same sampler, steps, guidance scale, seeds and concept sets
 # (DDPM 50 steps, guidance 3, float32, n = 256 sets per cell; on this CPU, AMD EPYC without native
-# bf16, --bf16 autocast makes every convolution ~50x slower, so it is not used). Composed + ULA gets the same
+# bf16, --bf16 autocast makes every convolution 50-90x slower (bench/bf16_conv.py), so it is not used). Composed + ULA gets the same
 # model evaluations per image: DDPM 25 steps + 2 ULA steps on the cleaner half of the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"concept sets and noise, 0..{MAX_SEED} (default 7)")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=64,
                    help=f"sets sampled together, 1..{MAX_BATCH_SIZE} (default 64)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the models (a GPU, or a CPU with native bf16: on CPUs without it, e.g. the 2-core AMD EPYC of BENCHMARKS, convolutions run ~50x slower under bf16)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the models (a GPU, or a CPU with native bf16: on CPUs without it, e.g. the 2-core AMD EPYC of BENCHMARKS, convolutions run 50-90x slower under bf16: bench/bf16_conv.py)")
     p.add_argument("--out", required=True,
                    help="report folder: new or empty, or an earlier report of compdiff eval (resumed)")
     p.add_argument("--overwrite", action="store_true",

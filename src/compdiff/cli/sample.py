@@ -104,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image i uses seed + i, 0 <= seed + i < 2**63 (default 0)")
     p.add_argument("--max-batch", type=int_in(1, MAX_ROWS), default=None,
                    help="cap on rows per model call (>= 1; a batch sends batch-size x (concepts + 1) rows)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the model (world models; on CPUs without native bf16 convolutions run ~50x slower under it)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the model (world models; on CPUs without native bf16 convolutions run 50-90x slower under it: bench/bf16_conv.py)")
     p.add_argument("--device", default="auto",
                    help="where the model runs: auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
