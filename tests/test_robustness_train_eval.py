@@ -93,7 +93,7 @@ TRAIN_CASES = [  # extra flags (the last occurrence of a flag wins), a word the 
     (["--data-workers", "1000"], "--data-workers"), (["--checkpoint-every", "0"], "--checkpoint-every"),
     (["--log-every", "-3"], "--log-every"), (["--snapshot-every", "-1"], "--snapshot-every"),
     (["--max-objects", "9"], "--max-objects"), (["--max-objects", "0"], "--max-objects"),
-    (["--cross-attention"], "--cross-attention"), (["--resume"], "--resume"),
+    (["--resume"], "--resume"),
     (["--resume", "--overwrite"], "--resume"),
 ]
 

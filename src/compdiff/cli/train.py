@@ -58,8 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "no Gaussian-bump input channel")
     p.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
     p.add_argument("--cross-attention", action="store_true",
-                   help="relations/attributes: the lowest-resolution blocks read the condition's tokens "
-                        "by cross-attention, besides the global embedding (includes --attention)")
+                   help="the lowest-resolution blocks read the condition's tokens by cross-attention, "
+                        "besides the global embedding (includes --attention); objects: one token per "
+                        "position (with --no-spatial, the position reaches the network as a token only)")
     p.add_argument("--joint", action="store_true",
                    help="the joint-conditioning baseline: condition on the scene's whole concept set")
     p.add_argument("--max-objects", type=int_in(1, 100), default=None,

@@ -13,6 +13,12 @@ import torch
 from torch import Tensor, nn
 
 
+def fourier(xy: Tensor, freqs: Tensor) -> Tensor:
+    """(B, 2) positions -> (B, 4F): sin and cos of each coordinate times each frequency."""
+    ang = xy[:, :, None] * freqs  # (B, 2, F)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1)
+
+
 class PositionEmbedding(nn.Module):
     """Rows [x, y, flag] (B, 3) -> (B, dim): Fourier features of (x, y) through an MLP;
     flag 0 (the null row) gives the learned null embedding."""
@@ -24,10 +30,8 @@ class PositionEmbedding(nn.Module):
         self.null = nn.Parameter(torch.zeros(dim))
 
     def forward(self, cond: Tensor) -> Tensor:
-        xy, flag = cond[:, :2].float(), cond[:, 2:3].float()
-        ang = xy[:, :, None] * self.freqs  # (B, 2, F)
-        feats = torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1)
-        return flag * self.mlp(feats) + (1 - flag) * self.null
+        flag = cond[:, 2:3].float()
+        return flag * self.mlp(fourier(cond[:, :2].float(), self.freqs)) + (1 - flag) * self.null
 
 
 class TokenEmbedding(nn.Module):
@@ -92,6 +96,25 @@ class TokenSequence(nn.Module):
         return (1 - is_null) * tokens + is_null * self.null
 
 
+class PositionTokens(nn.Module):
+    """Position rows [x, y, flag] (B, 3) -> one token (B, 1, dim) for cross-attention: Fourier
+    features of (x, y) through an MLP, as PositionEmbedding; flag 0 (the null row) gives a
+    learned null token. A position reaches the network the way a word does, with no map of
+    where it is: the objects task's token path (the joint baseline without a layout oracle)."""
+
+    n_tokens = 1
+
+    def __init__(self, dim: int, n_freqs: int = 8) -> None:
+        super().__init__()
+        self.register_buffer("freqs", (2.0 ** torch.arange(n_freqs)) * math.pi, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(4 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.randn(1, dim) * 0.02)
+
+    def forward(self, cond: Tensor) -> Tensor:
+        flag = cond[:, 2:3].float()
+        return (flag * self.mlp(fourier(cond[:, :2].float(), self.freqs)) + (1 - flag) * self.null)[:, None, :]
+
+
 class SetSequence(nn.Module):
     """Sets of rows (B, K, S) -> (tokens (B, K*G, dim), mask (B, K*G) bool): the token sequences of
     all rows side by side, the null rows masked out; an all-null set keeps its first row's null
@@ -128,9 +151,10 @@ def set_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
 
 
 def build_token_sequence(dim: int, vocab_sizes: Sequence[int], groups: Sequence[Sequence[int]] = (),
-                         joint: bool = False) -> nn.Module:
-    """The cross-attention context: TokenSequence, or SetSequence over it for the joint baseline."""
-    inner = TokenSequence(vocab_sizes, dim, groups)
+                         joint: bool = False, kind: str = "tokens") -> nn.Module:
+    """The cross-attention context: TokenSequence (kind "tokens") or PositionTokens (kind
+    "position"), or SetSequence over it for the joint baseline."""
+    inner = PositionTokens(dim) if kind == "position" else TokenSequence(vocab_sizes, dim, groups)
     return SetSequence(inner) if joint else inner
 
 

@@ -3,12 +3,13 @@ condition embedding added to its timestep embedding (class_embed_type="identity"
 the paper's CLEVR models), and for positions an optional spatial path: a Gaussian bump
 at the position as an extra input channel.
 
-For token conditions (relations, attributes) ``cross_attention=True`` adds a second path:
-the condition as a short token sequence (one token per slot group, e.g. a relation's first
-object, relation, second object) that the lowest-resolution blocks read by cross-attention,
-so that each place in the image can attend to the description of the object it draws. The
-backbone is then diffusers' UNet2DConditionModel, with self- and cross-attention at the lowest
-resolution (and in the middle block).
+``cross_attention=True`` adds a second path: the condition as a short token sequence (token
+conditions: one token per slot group, e.g. a relation's first object, relation, second
+object; a position: one token of its Fourier features) that the lowest-resolution blocks read
+by cross-attention, so that each place in the image can attend to the description of the
+object it draws. The backbone is then diffusers' UNet2DConditionModel, with self- and
+cross-attention at the lowest resolution (and in the middle block). With ``joint`` the tokens
+of all the set's rows are read side by side, as a text model reads a sentence.
 
 The network knows nothing of noise schedules; it maps (x_t, t, cond) to eps.
 """
@@ -38,7 +39,7 @@ class ModelConfig:
     attention: bool = False  # self-attention at the lowest resolution
     norm_groups: int = 8
     joint: bool = False  # cond is a set of rows (B, Kmax, D): the joint-conditioning baseline
-    cross_attention: bool = False  # tokens only: cross-attention to the condition's token sequence
+    cross_attention: bool = False  # cross-attention to the condition's tokens (a position: one token)
     token_groups: tuple[tuple[int, ...], ...] = ()  # slots summed into each token (empty: one per slot)
 
     def to_dict(self) -> dict:
@@ -52,9 +53,6 @@ class ModelConfig:
         d["token_groups"] = tuple(tuple(g) for g in d.get("token_groups", ()))
         return cls(**d)
 
-    def __post_init__(self) -> None:
-        if self.cross_attention and self.cond_kind != "tokens":
-            raise ValueError("cross_attention needs token conditions (relations, attributes)")
 
     @property
     def uses_bump(self) -> bool:
@@ -70,7 +68,7 @@ def build_unet(cfg: ModelConfig) -> UNet2DModel | UNet2DConditionModel:
         down = ["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]
         up = [b.replace("Down", "Up") for b in reversed(down)]
         return UNet2DConditionModel(
-            sample_size=cfg.resolution, in_channels=3, out_channels=3,
+            sample_size=cfg.resolution, in_channels=3 + int(cfg.uses_bump), out_channels=3,
             block_out_channels=cfg.channels, layers_per_block=cfg.layers_per_block,
             down_block_types=tuple(down), up_block_types=tuple(up),
             mid_block_type="UNetMidBlock2DCrossAttn", class_embed_type="identity",
@@ -99,7 +97,7 @@ class ConditionalUNet(nn.Module):
         temb_dim = self.unet.config.block_out_channels[0] * 4
         self.cond_embed = build_embedding(cfg.cond_kind, temb_dim, cfg.vocab_sizes, cfg.joint)
         self.cond_tokens = build_token_sequence(cfg.channels[-1], cfg.vocab_sizes, cfg.token_groups,
-                                                cfg.joint) if cfg.cross_attention else None
+                                                cfg.joint, cfg.cond_kind) if cfg.cross_attention else None
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         if self.cfg.uses_bump:

@@ -80,7 +80,7 @@ class TrainConfig:
     spatial: bool = True
     attention: bool = False
     joint: bool = False  # the joint-conditioning baseline: condition = the scene's whole concept set
-    cross_attention: bool = False  # token tasks: cross-attention to the condition's tokens
+    cross_attention: bool = False  # cross-attention to the condition's tokens (objects: one per position)
     max_objects: int | None = None  # cap on objects per training scene (None: the task's own)
     data_workers: int = 0  # > 0: render the coming batches in this many worker processes (same batches)
     hold_out: str | None = None  # a held-out split of the task (compdiff.world.holdout): never in training
@@ -109,8 +109,6 @@ class TrainConfig:
             raise InputError(f"--channels must be 1 to {MAX_LEVELS} comma-separated block widths, each a multiple "
                              f"of 8 from 8 to {MAX_WIDTH} (the UNet's group norm has 8 groups), "
                              f"got {','.join(map(str, channels))}")
-        if self.cross_attention and task.condition_spec()["cond_kind"] != "tokens":
-            raise InputError(f"--cross-attention needs a token task (relations, attributes), not {self.task}")
         try:
             check_max_objects(task, self.max_objects)
         except InputError as err:
