@@ -15,6 +15,7 @@ from pathlib import Path
 
 STYLE = {"composed": ("C0", "o", "composed (sum, the paper)"), "composed-mean": ("C1", "s", "composed (mean)"),
          "joint": ("C3", "^", "joint conditioning"),
+         "joint-oracle": ("C7", "v", "joint conditioning, oracle layout"),
          "composed-regions": ("C2", "D", "composed, each concept in its box (regions)")}
 
 

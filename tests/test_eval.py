@@ -35,8 +35,17 @@ def test_concept_sets_are_jointly_satisfiable(task, negate):
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     comp = train(TrainConfig(task="objects", out=str(root / "c"), **TINY), progress=False).model_dir
-    joint = train(TrainConfig(task="objects", out=str(root / "j"), joint=True, **TINY), progress=False).model_dir
+    # the joint baseline reads the set as tokens (no position map), as the paper's baseline reads a sentence
+    joint = train(TrainConfig(task="objects", out=str(root / "j"), joint=True, spatial=False, cross_attention=True,
+                              **TINY), progress=False).model_dir
     return str(comp), str(joint)
+
+
+@pytest.fixture(scope="module")
+def oracle_joint(tmp_path_factory):
+    """A joint objects model that reads a bump map of every position of its set: an oracle layout."""
+    root = tmp_path_factory.mktemp("oracle")
+    return str(train(TrainConfig(task="objects", out=str(root / "o"), joint=True, **TINY), progress=False).model_dir)
 
 
 def test_eval_cli_writes_reports(tiny_models, tmp_path, capsys):
@@ -80,6 +89,27 @@ def test_eval_not_sets_and_bad_input(tiny_models, tmp_path, capsys):
     assert main(["eval", "--task", "objects", "--model", comp, "--joint-model", comp, "--methods", "joint",
                  "--out", str(tmp_path / "y")]) == 2
     assert "not a joint-conditioning model" in capsys.readouterr().err
+
+
+def test_the_oracle_layout_joint_is_its_own_labelled_method(tiny_models, oracle_joint, tmp_path, capsys):
+    comp, joint = tiny_models
+    base = ["eval", "--task", "objects", "--components", "1", "--n", "2", "--steps", "1", "--model", comp,
+            "--no-progress"]
+    # a joint model that reads the position map is refused as 'joint', and a token one as 'joint-oracle'
+    assert main(base + ["--joint-model", oracle_joint, "--methods", "joint", "--out", str(tmp_path / "a")]) == 2
+    assert "--oracle-joint-model" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(base + ["--oracle-joint-model", joint, "--methods", "joint-oracle", "--out", str(tmp_path / "b")]) == 2
+    assert "reads no position map" in capsys.readouterr().err
+    assert main(base + ["--methods", "joint-oracle", "--out", str(tmp_path / "c")]) == 2
+    assert "--oracle-joint-model DIR" in capsys.readouterr().err
+    # both baselines in one report, as separate rows
+    out = tmp_path / "rep"
+    assert main(base + ["--joint-model", joint, "--oracle-joint-model", oracle_joint, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["cells"]) == {"composed/K1", "composed-mean/K1", "joint/K1", "joint-oracle/K1"}
+    assert res["methods"]["joint"]["reads"] == "tokens"
+    assert res["methods"]["joint-oracle"]["reads"] == "tokens and a map of every position"
+    assert "| joint-oracle |" in (out / "table.md").read_text()
 
 
 class Counting:

@@ -20,8 +20,11 @@ MAX_CORRECTOR_STEPS = 100
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 4096
 #: the methods --methods accepts; REGION_METHODS confine each concept to its box (tasks with region_center)
-METHODS = ("composed", "composed-mean", "composed-regions", "joint")
+METHODS = ("composed", "composed-mean", "composed-regions", "joint", "joint-oracle")
 REGION_METHODS = ("composed-regions",)
+#: joint-conditioning baselines: "joint" reads the set as tokens only (the paper's baseline);
+#: "joint-oracle" also reads a map of every position of the set (objects' bump channel: an oracle layout)
+JOINT_METHODS = ("joint", "joint-oracle")
 
 #: what ``compdiff eval`` writes in a report folder (fnmatch patterns; files only), and the
 #: temporary files of its atomic writes; results.json (with a compdiff spec) marks a report
@@ -52,11 +55,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "its compdiff.json)")
     p.add_argument("--model", help="composed model: a directory or a shipped model's name (default: the shipped "
                    "model for --task)")
-    p.add_argument("--joint-model", help="joint-conditioning baseline model directory (adds method 'joint')")
+    p.add_argument("--joint-model", help="joint-conditioning baseline model directory, one that reads the set as "
+                   "tokens (adds method 'joint')")
+    p.add_argument("--oracle-joint-model", metavar="DIR",
+                   help="a joint-conditioning model that also reads a map of every position of the set (objects "
+                   "trained without --no-spatial: an oracle layout); adds method 'joint-oracle'")
     p.add_argument("--methods", default=None,
-                   help="comma-separated among composed, composed-mean, composed-regions, joint (default: "
-                   "composed,composed-mean and joint when --joint-model is given); composed-regions (task described) "
-                   "confines each concept to a box around its object, written '\"a red cube\" @ (x0, y0, x1, y1)'")
+                   help="comma-separated among composed, composed-mean, composed-regions, joint, joint-oracle "
+                   "(default: composed,composed-mean, and joint / joint-oracle when their models are given); "
+                   "composed-regions (task described) confines each concept to a box around its object, written "
+                   "'\"a red cube\" @ (x0, y0, x1, y1)'")
     p.add_argument("--region-size", type=float_in(0, 1, lo_open=True), default=0.4,
                    help="side of each concept's box, a fraction of the image side in (0, 1] (default 0.4): the box "
                    "composed-regions asks for and the in_region score of every method (task described)")
@@ -166,6 +174,28 @@ def _check_out(out: Path, overwrite: bool) -> bool:
     return True
 
 
+def _joint_method(name: str, args: argparse.Namespace, task: str):
+    """The Method of a joint baseline; a UsageError when the model is not one, or reads the layout map
+    under 'joint' (or does not under 'joint-oracle')."""
+    from compdiff.backends import open_model
+    from compdiff.cli import UsageError
+    from compdiff.eval.composition import Method
+
+    oracle = name == "joint-oracle"
+    flag, path = ("--oracle-joint-model", args.oracle_joint_model) if oracle else ("--joint-model", args.joint_model)
+    j = open_model(path, bf16=args.bf16)
+    cfg = j.info.get("config")
+    if j.task != task or cfg is None or not cfg.joint:
+        raise UsageError(f"{flag} {path} is not a joint-conditioning model of the {task} task")
+    if cfg.uses_bump and not oracle:
+        raise UsageError(f"--joint-model {path} reads a map of every position of the set (an oracle layout, "
+                         "not a sentence): give it as --oracle-joint-model (method joint-oracle)")
+    if oracle and not cfg.uses_bump:
+        raise UsageError(f"--oracle-joint-model {path} reads no position map: give it as --joint-model")
+    return Method(name, j.denoiser, j.encoder, "sum", True, j.schedule,
+                  {"model": path, "reads": "tokens and a map of every position" if oracle else "tokens"})
+
+
 def run(args: argparse.Namespace) -> int:
     from compdiff.backends import open_model
     from compdiff.cli import UsageError
@@ -180,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     ks = _components(args.components, task)
     methods = tuple(args.methods.split(",")) if args.methods else (
-        ("composed", "composed-mean") + (("joint",) if args.joint_model else ()))
+        ("composed", "composed-mean") + (("joint",) if args.joint_model else ())
+        + (("joint-oracle",) if args.oracle_joint_model else ()))
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; accepted: {', '.join(METHODS)}")
@@ -189,8 +220,11 @@ def run(args: argparse.Namespace) -> int:
             check_regions(task, name)  # InputError: "composed-regions needs a task whose concepts are ..."
     if "joint" in methods and not args.joint_model:
         raise UsageError("method 'joint' needs --joint-model DIR")
-    if "joint" in methods and args.negate:
-        raise UsageError("--not cannot be measured for 'joint': a joint-conditioning model has no NOT")
+    if "joint-oracle" in methods and not args.oracle_joint_model:
+        raise UsageError("method 'joint-oracle' needs --oracle-joint-model DIR")
+    for name in set(methods) & set(JOINT_METHODS):
+        if args.negate:
+            raise UsageError(f"--not cannot be measured for '{name}': a joint-conditioning model has no NOT")
     out = Path(args.out)
     clear = _check_out(out, args.overwrite)
     composed = open_model(args.model or task.name, bf16=args.bf16)
@@ -207,12 +241,8 @@ def run(args: argparse.Namespace) -> int:
     spec.corrector()  # bad corrector options fail before any work
     built = {}
     for name in methods:
-        if name == "joint":
-            j = open_model(args.joint_model, bf16=args.bf16)
-            if j.task != task.name or "config" not in j.info or not j.info["config"].joint:
-                raise UsageError(f"--joint-model {args.joint_model} is not a joint-conditioning model of the "
-                                 f"{task.name} task")
-            built[name] = Method(name, j.denoiser, j.encoder, "sum", True, j.schedule, {"model": args.joint_model})
+        if name in JOINT_METHODS:
+            built[name] = _joint_method(name, args, task.name)
         else:
             mode = "mean" if name == "composed-mean" else "sum"
             built[name] = Method(name, composed.denoiser, composed.encoder, mode, False, composed.schedule,
