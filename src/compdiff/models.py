@@ -71,16 +71,24 @@ class JointEncoder:
 
 
 class InferenceDenoiser:
-    """Wraps a ConditionalUNet as a Denoiser for sampling: no autograd; optional bf16 autocast."""
+    """Wraps a ConditionalUNet as a Denoiser for sampling: no autograd; optional bf16 autocast.
+    A network trained to output v (``cfg.prediction``) is turned into eps with ``schedule``."""
 
-    def __init__(self, net: ConditionalUNet, bf16: bool = False) -> None:
+    def __init__(self, net: ConditionalUNet, bf16: bool = False, schedule: Schedule | None = None) -> None:
         self.net = net.eval()
         self.bf16 = bf16
+        self.prediction = getattr(net.cfg, "prediction", "epsilon")
+        if self.prediction != "epsilon" and schedule is None:
+            raise ValueError(f"a network that outputs {self.prediction} needs its schedule to give eps")
+        self.schedule = schedule
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.net(x, t, cond).to(x.dtype)
+            out = self.net(x, t, cond).to(x.dtype)
+        if self.prediction == "epsilon":
+            return out
+        return self.schedule.eps_from_prediction(x, out, t, self.prediction)
 
 
 def _condition_modules(net: ConditionalUNet) -> list[tuple[str, torch.nn.Module]]:
@@ -148,7 +156,7 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     for name, module in _condition_modules(net):
         _load_module(module, path / f"{name}.safetensors", dict(_condition_modules(expected))[name], meta_file)
     encoder = JointEncoder(cfg.task, kmax) if cfg.joint else get_task(cfg.task).encoder()
-    return Loaded(InferenceDenoiser(net, bf16), encoder, schedule)
+    return Loaded(InferenceDenoiser(net, bf16, schedule), encoder, schedule)
 
 
 def _model_config(meta: dict[str, Any], meta_file: Path) -> tuple[ModelConfig, ConditionalUNet]:

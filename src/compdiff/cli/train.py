@@ -61,6 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the lowest-resolution blocks read the condition's tokens by cross-attention, "
                         "besides the global embedding (includes --attention); objects: one token per "
                         "position (with --no-spatial, the position reaches the network as a token only)")
+    p.add_argument("--attention-levels", type=int_in(1, 6), default=1,
+                   help="with --cross-attention: attention at the lowest this many resolutions, 1..the number of "
+                   "--channels (default 1: 8x8 for 32x32 images; 2 adds 16x16)")
+    p.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon",
+                   help="what the network learns to output: epsilon (the noise, default) or v (Salimans & Ho "
+                   "2022); sampling always works on epsilon")
+    p.add_argument("--loss-weighting", choices=["none", "min-snr"], default="none",
+                   help="weights over noise levels: none (default) or min-snr (Hang et al. 2023, gamma 5)")
     p.add_argument("--joint", action="store_true",
                    help="the joint-conditioning baseline: condition on the scene's whole concept set")
     p.add_argument("--max-objects", type=int_in(1, 100), default=None,
@@ -132,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
                       layers_per_block=args.layers_per_block, spatial=not args.no_spatial,
                       attention=args.attention, joint=args.joint, cross_attention=args.cross_attention,
                       max_objects=args.max_objects, data_workers=args.data_workers, hold_out=args.hold_out,
-                      joint_subsets=args.joint_subsets, scenes=args.scenes or _default_scenes(args))
+                      joint_subsets=args.joint_subsets, scenes=args.scenes or _default_scenes(args),
+                      prediction="v_prediction" if args.prediction == "v" else "epsilon",
+                      loss_weighting=args.loss_weighting, attention_levels=args.attention_levels)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

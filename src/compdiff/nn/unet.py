@@ -11,7 +11,9 @@ object it draws. The backbone is then diffusers' UNet2DConditionModel, with self
 cross-attention at the lowest resolution (and in the middle block). With ``joint`` the tokens
 of all the set's rows are read side by side, as a text model reads a sentence.
 
-The network knows nothing of noise schedules; it maps (x_t, t, cond) to eps.
+The network knows nothing of noise schedules; it maps (x_t, t, cond) to eps, or to v when
+``prediction="v_prediction"`` (``compdiff.models.InferenceDenoiser`` turns v into eps with the
+model's schedule, so samplers and composition always see eps).
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import Tensor, nn
 
 from compdiff.nn.conditioning import build_embedding, build_token_sequence, position_bump, set_bump
+
+#: what a world network may output (the schedule turns either into eps)
+PREDICTIONS = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class ModelConfig:
     joint: bool = False  # cond is a set of rows (B, Kmax, D): the joint-conditioning baseline
     cross_attention: bool = False  # cross-attention to the condition's tokens (a position: one token)
     token_groups: tuple[tuple[int, ...], ...] = ()  # slots summed into each token (empty: one per slot)
+    attention_levels: int = 1  # cross_attention: at the lowest this many resolutions (1: 8x8 for 32x32)
+    prediction: str = "epsilon"  # what the network outputs: "epsilon" or "v_prediction" (samplers get eps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +61,15 @@ class ModelConfig:
         return cls(**d)
 
 
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if not 1 <= self.attention_levels <= len(self.channels):
+            raise ValueError(f"attention_levels must be 1..{len(self.channels)} (the UNet's levels), "
+                             f"got {self.attention_levels}")
+        if self.attention_levels > 1 and not self.cross_attention:
+            raise ValueError("attention_levels > 1 needs cross_attention")
+
     @property
     def uses_bump(self) -> bool:
         return self.cond_kind == "position" and self.spatial
@@ -62,10 +78,11 @@ class ModelConfig:
 def build_unet(cfg: ModelConfig) -> UNet2DModel | UNet2DConditionModel:
     n = len(cfg.channels)
     if cfg.cross_attention:
-        # self- and cross-attention at the lowest resolution only (8x8 for 32x32 images):
-        # (16x16 as well took 2.1x as long per training step on the 2-core CPU: a one-off timing
-        # of 4 steps, batch 64, bf16, not kept as a benchmark)
-        down = ["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]
+        # self- and cross-attention at the lowest `attention_levels` resolutions (default 1: 8x8 for
+        # 32x32 images; 16x16 as well took 2.1x as long per training step on the 2-core CPU: a
+        # one-off timing of 4 steps, batch 64, bf16, not kept as a benchmark)
+        levels = cfg.attention_levels
+        down = ["DownBlock2D"] * (n - levels) + ["CrossAttnDownBlock2D"] * levels
         up = [b.replace("Down", "Up") for b in reversed(down)]
         return UNet2DConditionModel(
             sample_size=cfg.resolution, in_channels=3 + int(cfg.uses_bump), out_channels=3,

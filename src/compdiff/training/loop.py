@@ -24,8 +24,9 @@ from compdiff.progress import progress_bar
 from compdiff.errors import InputError
 from compdiff.models import save_model
 from compdiff.schedule import make_schedule
-from compdiff.training.loss import DiffusionLoss
+from compdiff.training.loss import WEIGHTINGS, DiffusionLoss
 from compdiff.nn import ConditionalUNet, ModelConfig
+from compdiff.nn.unet import PREDICTIONS
 from compdiff.training.checkpoint import (CKPT_DIR, RUN_LAYOUT, clear_folder, describe, latest_checkpoint,
                                          load_checkpoint, recover_dir, replace_dir, save_checkpoint, tmp_dir_for,
                                          unknown_entries)
@@ -86,12 +87,16 @@ class TrainConfig:
     hold_out: str | None = None  # a held-out split of the task (compdiff.world.holdout): never in training
     joint_subsets: bool = False  # joint baseline: label = a random non-empty subset of the true set
     scenes: str = "python"  # "torch": scenes, labels and renders drawn on the training device (world/batch.py)
+    prediction: str = "epsilon"  # the network's output: "epsilon" or "v_prediction"
+    loss_weighting: str = "none"  # "none" | "min-snr" (training/loss.py)
+    attention_levels: int = 1  # cross_attention at the lowest this many resolutions
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
                            channels=tuple(self.channels), layers_per_block=self.layers_per_block,
                            attention=self.attention, joint=self.joint,
-                           cross_attention=self.cross_attention, **get_task(self.task).condition_spec())
+                           cross_attention=self.cross_attention, attention_levels=self.attention_levels,
+                           prediction=self.prediction, **get_task(self.task).condition_spec())
 
     def validate(self) -> None:
         """Every setting in range, and the model buildable: InputError naming the flag, before any file is written."""
@@ -121,6 +126,15 @@ class TrainConfig:
             get_split(self.task, self.hold_out)
         if self.joint_subsets and not self.joint:
             raise InputError("--joint-subsets applies to the joint baseline (--joint) only")
+        if self.prediction not in PREDICTIONS:
+            raise InputError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.loss_weighting not in WEIGHTINGS:
+            raise InputError(f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}, got {self.loss_weighting!r}")
+        if not 1 <= self.attention_levels <= len(channels):
+            raise InputError(f"--attention-levels must be 1..{len(channels)} (one per block width of --channels), "
+                             f"got {self.attention_levels}")
+        if self.attention_levels > 1 and not self.cross_attention:
+            raise InputError("--attention-levels applies to --cross-attention only")
         if self.scenes not in SCENES:
             raise InputError(f"--scenes must be one of {', '.join(SCENES)}, got {self.scenes!r}")
         if self.scenes == "torch" and (self.joint or self.data_workers or task.name not in TORCH_TASKS):
@@ -292,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     if ckpt is not None:  # after prepare: torch puts the state beside the (moved) parameters
         opt.load_state_dict(state["optimizer"])
     ema.to(acc.device)
-    loss_fn = DiffusionLoss(make_schedule(cfg.schedule))
+    loss_fn = DiffusionLoss(make_schedule(cfg.schedule), cfg.prediction, cfg.loss_weighting)
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
                         length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint,
@@ -431,6 +445,8 @@ def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done:
         info["hold_out"] = get_split(cfg.task, cfg.hold_out).to_json()
     if cfg.joint_subsets:
         info["joint_subsets"] = True
+    if cfg.loss_weighting != "none":
+        info["loss_weighting"] = cfg.loss_weighting
     info["scenes"] = cfg.scenes
     if cfg.joint:
         info["kmax"] = get_task(cfg.task).max_true()

@@ -1,0 +1,130 @@
+"""Training knobs for the relations ablation: v-prediction, min-SNR weighting, attention at more levels."""
+import json
+
+import pytest
+import torch
+
+from compdiff.cli import main
+from compdiff.models import InferenceDenoiser, load_model
+from compdiff.nn import ConditionalUNet, ModelConfig
+from compdiff.schedule import make_schedule
+from compdiff.training.loss import DiffusionLoss
+from compdiff.world import get_task
+
+SCHED = make_schedule({"kind": "cosine", "T": 1000})
+REL = get_task("relations").condition_spec()
+
+
+def _batch(seed=0, B=6):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(B, 3, 8, 8, generator=g), torch.randn(B, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 5, 60, 300, 700, 999])[:B]
+    return x0, eps, t
+
+
+def test_min_snr_weights_are_the_clipped_snr_in_each_parametrisation():
+    _, _, t = _batch()
+    a, s = SCHED.alpha_sigma(t)
+    snr = (a / s) ** 2
+    w_eps = DiffusionLoss(SCHED, "epsilon", "min-snr").weights(t).double()
+    w_v = DiffusionLoss(SCHED, "v_prediction", "min-snr").weights(t).double()
+    assert torch.allclose(w_eps, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr, rtol=1e-6)
+    assert torch.allclose(w_v, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1), rtol=1e-6)
+    # eps: clean levels (SNR > 5) count less, noisy ones fully; v: weight below 1 everywhere
+    assert (w_eps[snr > 5] < 1).all() and torch.equal(w_eps[snr <= 5], torch.ones_like(w_eps[snr <= 5]))
+    assert (w_v < 1).all()
+    assert torch.equal(DiffusionLoss(SCHED).weights(t), torch.ones(len(t)))
+
+
+def test_the_weighted_loss_is_the_weighted_mean_of_per_sample_errors():
+    x0, eps, t = _batch()
+    net = lambda x, tt, c: 0.5 * x  # noqa: E731  any fixed function of x_t
+    for pred in ("epsilon", "v_prediction"):
+        x_t = SCHED.add_noise(x0, eps, t)
+        target = SCHED.prediction_from(x0, eps, t, x_t, pred)
+        per = ((0.5 * x_t - target) ** 2).flatten(1).mean(1)
+        plain = DiffusionLoss(SCHED, pred)(net, x0, t, None, eps)
+        assert torch.allclose(plain, per.mean(), rtol=1e-5)
+        w = DiffusionLoss(SCHED, pred, "min-snr").weights(t)
+        assert torch.allclose(DiffusionLoss(SCHED, pred, "min-snr")(net, x0, t, None, eps), (w * per).mean(),
+                              rtol=1e-5)
+    with pytest.raises(ValueError, match="weighting"):
+        DiffusionLoss(SCHED, "epsilon", "snr")
+
+
+def test_v_target_is_alpha_eps_minus_sigma_x0():
+    x0, eps, t = _batch()
+    x_t = SCHED.add_noise(x0, eps, t)
+    a, s = SCHED.alpha_sigma(t, x0)
+    assert torch.allclose(SCHED.prediction_from(x0, eps, t, x_t, "v_prediction"), a * eps - s * x0, atol=1e-6)
+
+
+class PerfectV(torch.nn.Module):
+    """Outputs the true v of a known (x0, eps): the sampler must get back exactly that eps."""
+
+    def __init__(self, x0, eps):
+        super().__init__()
+        self.cfg = ModelConfig(task="relations", prediction="v_prediction", cross_attention=True, **REL)
+        self.x0, self.eps = x0, eps
+
+    def forward(self, x, t, cond):
+        a, s = SCHED.alpha_sigma(t, x)
+        return a * self.eps - s * self.x0
+
+
+def test_a_v_network_gives_samplers_eps():
+    x0, eps, t = _batch()
+    x_t = SCHED.add_noise(x0, eps, t)
+    den = InferenceDenoiser(PerfectV(x0, eps), schedule=SCHED)
+    assert torch.allclose(den(x_t, t, None), eps, atol=1e-4)
+    with pytest.raises(ValueError, match="schedule"):
+        InferenceDenoiser(PerfectV(x0, eps))
+
+
+def test_attention_at_two_levels():
+    cfg = ModelConfig(task="relations", resolution=16, channels=(16, 32, 32), layers_per_block=1,
+                      cross_attention=True, attention_levels=2, **REL)
+    net = ConditionalUNet(cfg).eval()
+    assert list(net.unet.config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    assert list(net.unet.config.up_block_types) == ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    cond = torch.zeros(2, 9, dtype=torch.long)
+    cond[:, 0] = 1
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 16, 16), torch.tensor([1, 500]), cond).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="attention_levels"):
+        ModelConfig(task="relations", channels=(16, 32), cross_attention=True, attention_levels=3, **REL)
+    with pytest.raises(ValueError, match="needs cross_attention"):
+        ModelConfig(task="relations", attention_levels=2, **REL)
+    with pytest.raises(ValueError, match="prediction"):
+        ModelConfig(task="relations", prediction="velocity", **REL)
+
+
+TINY = ["--task", "relations", "--resolution", "16", "--channels", "16,32", "--layers-per-block", "1",
+        "--batch-size", "2", "--precision", "fp32", "--steps", "2", "--warmup", "1", "--no-progress"]
+
+
+def test_train_with_every_knob_and_sample(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--cross-attention", "--attention-levels", "2", "--prediction", "v",
+                 "--loss-weighting", "min-snr", "--out", str(out)]) == 0
+    meta = json.loads((out / "model" / "compdiff.json").read_text())
+    assert meta["model"]["prediction"] == "v_prediction" and meta["model"]["attention_levels"] == 2
+    assert meta["training"]["loss_weighting"] == "min-snr"
+    m = load_model(out / "model")
+    assert m.denoiser.prediction == "v_prediction"
+    img = tmp_path / "s.png"
+    assert main(["sample", "--model", str(out / "model"), '"a red cube left of a blue sphere"', "--n", "1",
+                 "--steps", "2", "--out", str(img)]) == 0
+    assert img.stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--attention-levels", "2"], "--attention-levels applies to --cross-attention"),
+    (["--cross-attention", "--attention-levels", "3"], "--attention-levels must be 1..2"),
+    (["--prediction", "x0"], "--prediction"),
+    (["--loss-weighting", "p2"], "--loss-weighting"),
+])
+def test_bad_knobs_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, *extra, "--out", str(out)]) == 2
+    assert needle in capsys.readouterr().err and not out.exists()
