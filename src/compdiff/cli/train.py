@@ -21,7 +21,7 @@ MAX_LR = 1.0
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a conditional diffusion model on a world task",
-        description="Train an eps-prediction UNet on renders of the world, one concept per image "
+        description="Train a UNet (eps- or v-prediction) on renders of the world, one concept per image "
         "(null condition with probability --null-prob). Runs under accelerate too: "
         "'accelerate launch --num_processes 2 --cpu -m compdiff train ...'. "
         "Ctrl-C saves a checkpoint; --resume continues bit-exactly.",
