@@ -1,36 +1,58 @@
 #!/usr/bin/env bash
 # "Beyond training" (issue #15): composed vs joint on combinations never seen in training.
-# Usage: bench/beyond_training.sh [attributes]     (resumable: re-run the same command)
-# Trains nothing; first train both models at equal compute (same network, steps, batch, width):
-#   STEPS=1500 NAME=attributes32x-ho bench/train_shipped.sh attributes --cross-attention --hold-out default
-#   STEPS=1500 NAME=attributes32x-ho-joint bench/train_shipped.sh attributes --cross-attention --hold-out default \
-#       --joint --joint-subsets
+# Usage: bench/beyond_training.sh [attributes|objects|relations]   (resumable: re-run the same command;
+# finished cells are kept, so the order below is the order of the work)
+# Trains nothing; first train the models of the task at equal compute (same network, steps, batch
+# and width; the joint baseline reads the set as tokens through the same cross-attention):
+#   attributes (split default: held-out (color, shape) and (color, material) pairs):
+#     STEPS=1500 NAME=attributes32x-ho bench/train_shipped.sh attributes --cross-attention --hold-out default
+#     STEPS=1500 NAME=attributes32x-ho-joint bench/train_shipped.sh attributes --cross-attention --hold-out default \
+#         --joint --joint-subsets
+#   objects (split le2: scenes of at most 2 objects; positions as tokens, no bump map), and the
+#   bump-map joint of the earlier tables as the labelled oracle-layout row:
+#     STEPS=1500 NAME=objects32x-le2 bench/train_shipped.sh objects --cross-attention --no-spatial --hold-out le2
+#     STEPS=1500 NAME=objects32x-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
+#         --hold-out le2 --joint --joint-subsets
+#     STEPS=1500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
+#   relations (split default: 7 of the 28 color pairs never in one scene):
+#     STEPS=5000 NAME=relations32x-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
+#         --hold-out default
+#     STEPS=5000 NAME=relations32x-ho-joint bench/train_shipped.sh relations --cross-attention --max-objects 3 \
+#         --hold-out default --joint --joint-subsets
 # Both methods are sampled with the same sampler, steps, guidance scale, seeds and concept sets
 # (DDPM 50 steps, guidance 3, float32, n = 256 sets per cell; on this CPU, AMD EPYC without native
-# bf16, --bf16 autocast makes every convolution 50-90x slower (bench/bf16_conv.py), so it is not used). Composed + ULA gets the same
-# model evaluations per image: DDPM 25 steps + 2 ULA steps on the cleaner half of the run.
+# bf16, --bf16 autocast makes every convolution 50-90x slower (bench/bf16_conv.py), so it is not used).
+# Composed + ULA gets the same model evaluations per image: DDPM 25 steps + 2 ULA steps on the
+# cleaner half of the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 task=${1:-attributes}
+ddpm50=(--sampler ddpm --steps 50)
+ula=(--sampler ddpm --steps 25 --correct ula --corrector-steps 2)   # the same model evaluations per image
 case "$task" in
-  attributes) model=runs/attributes32x-ho/model joint=runs/attributes32x-ho-joint/model split=default ;;
-  *) echo "bench/beyond_training.sh: unknown task $task (attributes)" >&2; exit 2 ;;
+  attributes) split=default held=2,3 ;;   # a held-out set asks for a held-out pair: K >= 2
+  relations) split=default held=1,2,3 ;;  # one relation can ask for a held-out color pair
+  objects)   # K = 1..5 over all sets: K <= 2 as in training, K >= 3 beyond it
+    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model runs/objects32x-le2/model
+            --no-progress --components 1,2,3,4,5)
+    "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods composed,joint,joint-oracle \
+      --joint-model runs/objects32x-le2-joint/model --oracle-joint-model runs/objects32-le2-oracle/model \
+      --out reports/beyond-objects
+    "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --methods composed --out reports/beyond-objects-ula
+    exit 0 ;;
+  *) echo "bench/beyond_training.sh: unknown task $task (attributes, objects, relations)" >&2; exit 2 ;;
 esac
+model=runs/${task}32x-ho/model joint=runs/${task}32x-ho-joint/model
 common=(--task "$task" --n 256 --guidance-scale 3 --hold-out "$split" --model "$model" --no-progress)
 for sets in held-out seen; do
-  ks=2; [ "$sets" = seen ] && ks=1,2
-  "$py" -m compdiff eval "${common[@]}" --components "$ks" --sets "$sets" --methods composed,joint \
-    --joint-model "$joint" --sampler ddpm --steps 50 --out "reports/beyond-$task-$sets"
+  ks=$held; [ "$sets" = seen ] && ks=1,2,3
+  "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --components "$ks" --sets "$sets" --methods composed,joint \
+    --joint-model "$joint" --out "reports/beyond-$task-$sets"
 done
-for sets in held-out seen; do   # K = 3 next, added to the same reports
-  ks=2,3; [ "$sets" = seen ] && ks=1,2,3
-  "$py" -m compdiff eval "${common[@]}" --components "$ks" --sets "$sets" --methods composed,joint \
-    --joint-model "$joint" --sampler ddpm --steps 50 --out "reports/beyond-$task-$sets"
-done
-for sets in held-out seen; do   # composed + ULA at equal model evaluations
-  ks=2,3; [ "$sets" = seen ] && ks=1,2,3
-  "$py" -m compdiff eval "${common[@]}" --components "$ks" --sets "$sets" --methods composed \
-    --sampler ddpm --steps 25 --correct ula --corrector-steps 2 --out "reports/beyond-$task-$sets-ula"
+for sets in held-out seen; do
+  ks=$held; [ "$sets" = seen ] && ks=1,2,3
+  "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --components "$ks" --sets "$sets" --methods composed \
+    --out "reports/beyond-$task-$sets-ula"
 done
