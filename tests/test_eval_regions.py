@@ -237,3 +237,29 @@ def test_eval_composed_regions_end_to_end(tiny_described, tmp_path):
     plain, boxed = (generate(Method(name, m.denoiser, m.encoder, schedule=m.schedule, regions=regions), T, sets,
                              spec, (3, 32, 32)) for name, regions in (("composed", False), ("composed-regions", True)))
     assert plain.shape == boxed.shape and not torch.equal(plain, boxed)
+
+
+@needs_regions
+def test_feather_and_region_mode_reach_the_sampler(tiny_described, tmp_path):
+    """--feather and --region-mode change composed-regions' images (same sets and noise), are recorded in
+    the spec, and a report resumes only with the same values."""
+    from compdiff.models import load_model
+
+    m = load_model(tiny_described)
+    method = Method("composed-regions", m.denoiser, m.encoder, schedule=m.schedule, regions=True)
+    sets = concept_sets(T, 2, 2, 7)
+    hard, soft, shared = (generate(method, T, sets, EvalSpec(task="described", components=(2,), n=2, steps=2,
+                                                            batch_size=2, **kw), (3, 32, 32))
+                          for kw in ({}, {"feather": 0.2}, {"region_mode": "normalize", "region_size": 0.9}))
+    assert not torch.equal(hard, soft)
+    # large boxes overlap: sharing the guidance there changes the images
+    big = generate(method, T, sets, EvalSpec(task="described", components=(2,), n=2, steps=2, batch_size=2,
+                                              region_size=0.9), (3, 32, 32))
+    assert not torch.equal(big, shared)
+    out = tmp_path / "rep"
+    argv = ["eval", "--task", "described", "--methods", "composed-regions", "--n", "2", "--components", "2",
+            "--steps", "1", "--batch-size", "2", "--model", tiny_described, "--out", str(out), "--no-progress"]
+    assert main(argv + ["--feather", "0.1", "--region-mode", "normalize"]) == 0
+    spec = json.loads((out / "results.json").read_text())["spec"]
+    assert spec["feather"] == 0.1 and spec["region_mode"] == "normalize"
+    assert main(argv + ["--feather", "0.2"]) == 2  # other settings: not mixed into the same report

@@ -68,6 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region-size", type=float_in(0, 1, lo_open=True), default=0.4,
                    help="side of each concept's box, a fraction of the image side in (0, 1] (default 0.4): the box "
                    "composed-regions asks for and the in_region score of every method (task described)")
+    p.add_argument("--feather", type=float_in(0, 1), default=0.0,
+                   help="composed-regions: width of the boxes' soft edge, a fraction of the image side in [0, 1] "
+                   "(default 0: hard edges), as compdiff sample --feather")
+    p.add_argument("--region-mode", choices=["sum", "normalize"], default="sum",
+                   help="composed-regions: where boxes overlap, sum the concepts' guidance (default) or share it "
+                   "(normalize), as compdiff sample --region-mode")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                    help="default: the composed model's recommendation (its compdiff.json 'sampling'), else ddim")
     p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None,
@@ -237,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
                     steps=args.steps or int(composed.sampling.get("steps", 50)), spacing=args.spacing,
                     guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, methods=methods,
                     negation=args.negation, correct=args.correct, corrector_steps=args.corrector_steps, eta=args.eta,
-                    rescale=args.rescale, sets=args.sets, hold_out=hold_out, region_size=args.region_size)
+                    rescale=args.rescale, sets=args.sets, hold_out=hold_out, region_size=args.region_size,
+                    feather=args.feather, region_mode=args.region_mode)
     spec.corrector()  # bad corrector options fail before any work
     built = {}
     for name in methods:

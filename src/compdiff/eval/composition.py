@@ -72,6 +72,8 @@ class EvalSpec:
     sets: str = "all"  # "seen" | "held-out": only sets of seen / held-out combinations of ``hold_out``
     hold_out: str | None = None  # the held-out split (compdiff.world.holdout) the sets refer to
     region_size: float = REGION_SIZE  # side of a concept's box (composed-regions, in_region), image fraction
+    feather: float = 0.0  # regions: width of the boxes' linear edge ramp, image fraction (compose's feather)
+    region_mode: str = "sum"  # regions: "sum" | "normalize" where boxes overlap (compose's region_mode)
 
     def corrector(self) -> Corrector | None:
         """The corrector of this evaluation: ``correct`` with ``corrector_steps`` and the default range."""
@@ -122,7 +124,8 @@ def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec,
         chunk = sets[start:start + spec.batch_size]
         exprs = [method.expression(task, s, spec.region_size) for s in chunk]
         eps_fn = compose_each(method.denoiser, method.encoder, exprs, guidance_scale=spec.guidance_scale,
-                              mode=method.mode, rescale=spec.rescale, negation=spec.negation)
+                              mode=method.mode, rescale=spec.rescale, negation=spec.negation, feather=spec.feather,
+                              region_mode=spec.region_mode)
         gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
         x_T = randn((len(chunk), *shape), gens)
         x = sampler(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0,
