@@ -53,3 +53,21 @@ def test_without_a_split_only_kinds_and_substitutions(tmp_path, capsys):
     assert breakdown.main([write(tmp_path, {"composed/K2": CELL}, hold_out=None)]) == 0
     out = capsys.readouterr().out
     assert "held-out pair" not in out and "| color |" in out and "drawn instead" in out
+
+
+def test_beyond_table_rows_and_plot(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("beyond_table", Path(__file__).parents[1] / "bench" / "beyond_table.py")
+    bt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bt)
+    cell = {"k": 2, "accuracy": 0.25, "concept_accuracy": 0.5, "success": [True, False, False, False],
+            "fd_judge": 10.0, "fd_floor": 2.0}
+    for name, steps in (("beyond-attributes-held-out", 50), ("beyond-attributes-held-out-ula", 25)):
+        (tmp_path / name).mkdir()
+        res = {"spec": {"steps": steps, "corrector_steps": 2}, "cells": {"composed/K2": cell}}
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    assert bt.main(["attributes", "--reports", str(tmp_path), "--plot", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| composed | held-out | 2 | 4 | 25.0% | 4.6–69.9% | 50.0% | 10.0 | 2.0 |" in out  # Wilson of 1/4
+    assert "| composed + ULA (25 steps + 2 ULA) | held-out | 2 | 4 | 25.0% |" in out
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert bt.main(["relations", "--reports", str(tmp_path)]) == 2
