@@ -175,3 +175,19 @@ def test_wilson_interval():
     lo, hi = wilson(29, 64)  # 45.3%: about 33.7–57.5%
     assert abs(lo - 0.337) < 0.005 and abs(hi - 0.575) < 0.005
     assert wilson(64, 64)[1] == 1.0 and wilson(5, 0) == (0.0, 1.0)
+
+
+def test_a_report_of_the_old_sets_is_not_resumed(tiny_models, tmp_path):
+    """A report written before sets version 2 (no sets_version in its spec) drew other sets: adding
+    cells to it would compare methods on different sets, so it is refused."""
+    comp, _ = tiny_models
+    m = load_model(comp)
+    methods = {"composed": Method("composed", m.denoiser, m.encoder, "sum", False, m.schedule)}
+    spec = EvalSpec(task="objects", components=(1,), n=2, steps=1, batch_size=2, methods=("composed",))
+    run_eval(spec, methods, load_judge(32), tmp_path, 32, progress=False)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["spec"]["sets_version"] == 2
+    del res["spec"]["sets_version"]
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="sets version 1"):
+        run_eval(spec, methods, load_judge(32), tmp_path, 32, progress=False)

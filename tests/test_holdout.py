@@ -168,3 +168,27 @@ def test_world_cli_prints_splits_and_renders_the_held_out_world(tmp_path, capsys
         colors = {o["color"] for o in s["objects"]}
         assert not any(a in colors and b in colors for a, b in split.across)
     assert main(["world", "hold-out", "--task", "objects", "--name", "nope"]) == 2
+
+
+def test_held_out_sets_cover_every_held_out_pair():
+    """Sets version 2: which concepts a set asks is drawn apart from its scene. (Version 1 drew both
+    from one numpy stream, and its 256 held-out K = 2 sets asked only 5 of the 10 pairs.)"""
+    t, split = get_task("attributes"), get_split("attributes", "default")
+    pairs = {p for s in concept_sets(t, 2, 256, seed=7, sets="held-out", split=split) for p in split.asked(s.positives)}
+    assert pairs == {f"{a} {b}" for kinds in split.within.values() for a, b in kinds}
+
+
+def test_which_concepts_a_set_asks_does_not_depend_on_the_scene():
+    """Attributes, K = 1: among scenes of any one colour, the colour is the word asked in about a
+    quarter of the sets (version 1 never asked "gray" of a gray object)."""
+    from collections import Counter
+
+    t = get_task("attributes")
+    sets = concept_sets(t, 1, 4000, seed=7)
+    by_colour, asked = Counter(), Counter()
+    for s in sets:
+        by_colour[s.scene.main.color] += 1
+        asked[s.scene.main.color] += s.positives[0].kind == "color"
+    for colour, n in by_colour.items():
+        p = asked[colour] / n  # 1/4 in expectation; n ~ 500, so 5 standard errors ~ 0.1
+        assert abs(p - 0.25) < 0.1, (colour, p, n)

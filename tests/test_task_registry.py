@@ -2,7 +2,9 @@
 
 The literals below were recorded from the code before the hooks existed (concept_sets with
 its MAX_K dict and name checks, judge_accuracy.false_concept's isinstance chain, cli/world's
-relations special case), so any change to what the evaluation draws shows up here.
+relations special case), so any change to what the evaluation draws shows up here. The concept
+set digests were recorded again for sets version 2 (2026-12-01: the concepts of a set are chosen
+with a stream of their own, no longer the scene's; see eval/concept_sets.py).
 """
 import hashlib
 
@@ -177,34 +179,34 @@ def _digest(task: Task, k: int, negate: bool) -> tuple[list, str]:
     return sets, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-SET_DIGESTS = {  # concept_sets(task, K, 20, seed=3, negate): object counts and expressions
-    ("objects", 1, False): "5e686be0575570b5", ("objects", 1, True): "d900cca77a93d023",
-    ("objects", 2, False): "49ecb2840ab9dfd0", ("objects", 2, True): "59d84cfd0e1d7f79",
-    ("objects", 3, False): "d3062fb1f269f2d7", ("objects", 3, True): "5d8f708e4e31fe34",
-    ("objects", 4, False): "dee1f71675a53b7d", ("objects", 4, True): "828604a15ed99525",
-    ("objects", 5, False): "b5a66ff74f9351c1", ("objects", 5, True): "f0b153668ed62771",
-    ("relations", 1, False): "73c891e8612a4694", ("relations", 1, True): "79d0f3b2cfd1cc66",
-    ("relations", 2, False): "fa952d5f035832cd", ("relations", 2, True): "2e4624684718cfef",
-    ("relations", 3, False): "166fe1c948f23dcf", ("relations", 3, True): "2dae4f5702ecb472",
-    ("relations", 4, False): "38bfb5dacd4ed0d2", ("relations", 4, True): "80130c75331a61c5",
-    ("relations", 5, False): "f33788f605099416", ("relations", 5, True): "aa5565e95d9f9d92",
-    ("relations", 6, False): "7e5c621e03af8101", ("relations", 6, True): "8146dbb630a98712",
-    ("relations", 7, False): "1af1058c8e220015", ("relations", 7, True): "6d8f789bea1353ab",
-    ("relations", 8, False): "badd00b00122c8fd", ("relations", 8, True): "4104c0732291b9e3",
-    ("attributes", 1, False): "a69a1619417d1a83", ("attributes", 1, True): "a7e263af4a9abd80",
-    ("attributes", 2, False): "658336fdb1ae130a", ("attributes", 2, True): "604c663e8d2afe13",
-    ("attributes", 3, False): "6a7acf936d55844b", ("attributes", 3, True): "cbd4f32067d9fb23",
+SET_DIGESTS = {  # concept_sets(task, K, 20, seed=3, negate): object counts and expressions (sets version 2)
+    ("objects", 1, False): "9481be58d1354241", ("objects", 1, True): "5f021e343aaffba7",
+    ("objects", 2, False): "ebe4ad82551a260c", ("objects", 2, True): "8e749d835ff05e66",
+    ("objects", 3, False): "382b486f3bd6a95b", ("objects", 3, True): "51e65ba8eac118ce",
+    ("objects", 4, False): "cf41087645ea8590", ("objects", 4, True): "0267d4bb1aa4b701",
+    ("objects", 5, False): "b5a66ff74f9351c1", ("objects", 5, True): "f836ee38654e9626",
+    ("relations", 1, False): "899311b10d38ad98", ("relations", 1, True): "ad7e952e289a2ece",
+    ("relations", 2, False): "1d79f7774e23f3dc", ("relations", 2, True): "a5ee38d242041bbb",
+    ("relations", 3, False): "94058df51bc80b2e", ("relations", 3, True): "dd360d46fa56a1b9",
+    ("relations", 4, False): "407ff8f5e1b268d7", ("relations", 4, True): "aadf5d7146a1bef3",
+    ("relations", 5, False): "9f92ffe790c2cc98", ("relations", 5, True): "072d7f3f103fdd21",
+    ("relations", 6, False): "49135eae7d366cab", ("relations", 6, True): "14210e6c6188a87e",
+    ("relations", 7, False): "09b2a1761e99d67c", ("relations", 7, True): "5815c7ea477d9d1e",
+    ("relations", 8, False): "34dd48d35ad54531", ("relations", 8, True): "0d9192df29261645",
+    ("attributes", 1, False): "00c09795e45a2599", ("attributes", 1, True): "836b1970e6e42131",
+    ("attributes", 2, False): "4e76eff7e631559c", ("attributes", 2, True): "4fe184eafa1448c1",
+    ("attributes", 3, False): "b203e41d665ccfae", ("attributes", 3, True): "743c0eff3f2b0012",
 }
 
 SET_EXAMPLES = {  # the first two expressions of some of those
-    ("objects", 1, True): ('"0.19,0.24" AND NOT "0.76,0.27"', '"0.50,0.31" AND NOT "0.23,0.22"'),
-    ("objects", 2, False): ('"0.63,0.71" AND "0.36,0.20"', '"0.18,0.59" AND "0.52,0.63"'),
+    ("objects", 1, True): ('"0.44,0.22" AND NOT "0.73,0.37"', '"0.53,0.79" AND NOT "0.46,0.51"'),
+    ("objects", 2, False): ('"0.63,0.71" AND "0.36,0.20"', '"0.20,0.16" AND "0.18,0.59"'),
     ("relations", 1, True): (
-        '"a small red rubber cube behind a large blue metal sphere" AND NOT '
-        '"a small red rubber cylinder behind a large thing"',
-        '"a large yellow metal cube left of a large cyan rubber sphere" AND NOT '
-        '"a small blue metal thing behind a green metal cube"'),
-    ("attributes", 2, True): ('"cyan" AND "rubber" AND NOT "small"', '"small" AND "rubber" AND NOT "red"'),
+        '"a large blue metal cylinder right of a small red rubber cube" AND NOT '
+        '"a large cyan sphere left of a large metal cube"',
+        '"a large brown metal sphere in front of a large cyan rubber sphere" AND NOT '
+        '"a small metal cylinder right of a small gray metal cube"'),
+    ("attributes", 2, True): ('"sphere" AND "rubber" AND NOT "small"', '"cyan" AND "small" AND NOT "cube"'),
 }
 
 

@@ -35,7 +35,8 @@ import torch
 
 from compdiff.compose_each import compose_each
 from compdiff.errors import InputError
-from compdiff.eval.concept_sets import REGION_SIZE, ConceptSet, check_regions, concept_sets, has_regions
+from compdiff.eval.concept_sets import (REGION_SIZE, SETS_VERSION, ConceptSet, check_regions, concept_sets,
+                                        has_regions)
 from compdiff.eval.frechet import frechet_from_features, judge_features
 from compdiff.eval.judge import Judge
 from compdiff.eval.stats import wilson
@@ -72,6 +73,7 @@ class EvalSpec:
     sets: str = "all"  # "seen" | "held-out": only sets of seen / held-out combinations of ``hold_out``
     hold_out: str | None = None  # the held-out split (compdiff.world.holdout) the sets refer to
     region_size: float = REGION_SIZE  # side of a concept's box (composed-regions, in_region), image fraction
+    sets_version: int = SETS_VERSION  # how the concept sets were drawn (concept_sets.py); 1 before 2026-12-01
     feather: float = 0.0  # regions: width of the boxes' linear edge ramp, image fraction (compose's feather)
     region_mode: str = "sum"  # regions: "sum" | "normalize" where boxes overlap (compose's region_mode)
 
@@ -203,7 +205,13 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         old = json.loads(path.read_text())
         same = ("methods", "components")
         # a setting added after the report was written counts as its default (older reports resume)
-        old_spec = {**json.loads(json.dumps(asdict(EvalSpec(task=spec.task)))), **old.get("spec", {})}
+        old_spec = {**json.loads(json.dumps(asdict(EvalSpec(task=spec.task)))), "sets_version": 1,
+                    **old.get("spec", {})}  # reports without a sets_version drew version 1's sets
+        if old_spec["sets_version"] != spec_d["sets_version"]:
+            raise InputError(f"{path} holds an evaluation whose concept sets were drawn by the sets version "
+                             f"{old_spec['sets_version']} (this compdiff draws version {spec_d['sets_version']}, see "
+                             "compdiff/eval/concept_sets.py); its cells would not share sets with new ones: use "
+                             "another --out or --overwrite")
         if {k: v for k, v in old_spec.items() if k not in same} != {k: v for k, v in spec_d.items() if k not in same}:
             raise InputError(f"{path} holds an evaluation with other settings; use another --out or --overwrite")
         results = old

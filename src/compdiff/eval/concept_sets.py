@@ -8,7 +8,15 @@ join the positives (``Task.negation_compatible``: for attributes, of a kind that
 positive concept names, as in ``red AND cube AND NOT metal``). K runs up to the task's
 ``max_k``; scenes hold at least ``task.min_objects_for(k)`` objects.
 
-Set i of size K depends only on (seed, K, i). With a held-out split (``compdiff.world.holdout``),
+Set i of size K depends only on (seed, K, i): its scene is ``scene_at(base, i)`` and its concepts
+are chosen with a generator of their own, ``default_rng([base, i, SETS_STREAM])``. (Sets version
+1, before 2026-12-01, chose them with ``default_rng([base, i])``, which numpy's SeedSequence
+makes the very stream the scene was drawn from, since it pads short entropy with zeros:
+which concepts a set asked was then a function of the scene's own attributes, e.g. no set
+asked "gray" of a gray cube, and held-out sets covered 5 of the 10 held-out attribute pairs.
+``SETS_VERSION`` = 2 is the fixed draw; a report records it and resumes only with it.)
+
+With a held-out split (``compdiff.world.holdout``),
 ``sets="seen"`` keeps only the sets that ask for no held-out combination and ``sets="held-out"``
 only those that ask for at least one (each still read off a real scene, so still jointly
 satisfiable); both draw from the same stream as ``sets="all"`` and skip the others.
@@ -35,6 +43,11 @@ from compdiff.world.scene import Scene, scene_at
 from compdiff.world.tasks import Task, get_task, task_names
 
 Sets = Literal["all", "seen", "held-out"]
+#: the concept sets' draw (see the module docstring); reports record it
+SETS_VERSION = 2
+#: the last entropy word of the generator that chooses a set's concepts; the scene's stream is
+#: (base, i, 0) (scene_at), the training labels' (seed, i, 1) (WorldDataset)
+SETS_STREAM = 5
 #: draws per requested set before a filter is declared unsatisfiable
 MAX_DRAWS_PER_SET = 2000
 #: the default side of a concept's box (a fraction of the image side)
@@ -157,7 +170,7 @@ def concept_sets(task: Task, k: int, n: int, seed: int = 7, negate: bool = False
         if i >= MAX_DRAWS_PER_SET * n:
             raise InputError(f"{task.name}, K = {k}: found {len(found)} of {n} {sets} sets of the split "
                              f"{split.name!r} in {i} draws; that K has (almost) none")
-        rng = np.random.default_rng([base, i])
+        rng = np.random.default_rng([base, i, SETS_STREAM])
         scene = scene_at(base, i, task.min_objects_for(k), task.max_objects, task.layout)
         i += 1
         pos = _positives(task, scene, k, rng)
