@@ -208,9 +208,9 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         old_spec = {**json.loads(json.dumps(asdict(EvalSpec(task=spec.task)))), "sets_version": 1,
                     **old.get("spec", {})}  # reports without a sets_version drew version 1's sets
         if old_spec["sets_version"] != spec_d["sets_version"]:
-            raise InputError(f"{path} holds an evaluation whose concept sets were drawn by the sets version "
-                             f"{old_spec['sets_version']} (this compdiff draws version {spec_d['sets_version']}, see "
-                             "compdiff/eval/concept_sets.py); its cells would not share sets with new ones: use "
+            raise InputError(f"{path} holds an evaluation whose concept sets are of sets version "
+                             f"{old_spec['sets_version']}, and this compdiff draws version {spec_d['sets_version']} "
+                             "(compdiff.eval.concept_sets); its cells would not share sets with new ones: use "
                              "another --out or --overwrite")
         if {k: v for k, v in old_spec.items() if k not in same} != {k: v for k, v in spec_d.items() if k not in same}:
             raise InputError(f"{path} holds an evaluation with other settings; use another --out or --overwrite")
