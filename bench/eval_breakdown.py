@@ -7,7 +7,7 @@ Works on the per-set record `compdiff eval` writes in each cell of results.json 
 saying so). Prints markdown:
 
 * per-concept accuracy by kind (attributes: shape / color / size / material; other tasks: the
-  concept's own text, worst first);
+  concept's own text, the 12 worst);
 * with `--hold-out` in the report's spec, for each held-out combination a set asks for, how often
   both halves held, only one, or neither (attributes: the first judged object is the one object);
 * attributes: for each missed word, the value of that kind the judge read instead (the most
@@ -39,8 +39,9 @@ def pct(a: int, b: int) -> str:
     return f"{100 * a / b:.1f}% ({a}/{b})" if b else "-"
 
 
-def by_kind(task, cell) -> list[str]:
-    """Per-concept accuracy grouped by the concept's kind (attributes) or its text (other tasks)."""
+def by_kind(task, cell, top: int = 12) -> list[str]:
+    """Per-concept accuracy grouped by the concept's kind (attributes) or its text (other tasks; the
+    ``top`` worst rows)."""
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for asked, held in zip(cell["asked"], cell["concept_success"]):
         for text, ok in zip(asked, held):
@@ -48,8 +49,11 @@ def by_kind(task, cell) -> list[str]:
             key = getattr(c, "kind", None) or text
             tally[key][0] += ok
             tally[key][1] += 1
-    rows = sorted(tally.items(), key=lambda kv: kv[1][0] / kv[1][1])
-    return ["| concept | held |", "|---|---|"] + [f"| {k} | {pct(*v)} |" for k, v in rows]
+    rows = sorted(tally.items(), key=lambda kv: (kv[1][0] / kv[1][1], -kv[1][1]))
+    lines = ["| concept | held |", "|---|---|"] + [f"| {k} | {pct(*v)} |" for k, v in rows[:top]]
+    if len(rows) > top:  # concepts of many words (relations, described): the worst only
+        lines.append(f"| ({len(rows) - top} more concepts, each held at least as often) | |")
+    return lines
 
 
 def held_out_pairs(task, split, cell) -> list[str]:

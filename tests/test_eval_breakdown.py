@@ -71,3 +71,19 @@ def test_beyond_table_rows_and_plot(tmp_path, capsys):
     assert "| composed + ULA (25 steps + 2 ULA) | held-out | 2 | 4 | 25.0% |" in out
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert bt.main(["relations", "--reports", str(tmp_path)]) == 2
+
+
+def test_concepts_of_many_words_list_the_worst_only(tmp_path, capsys):
+    colours = ("blue", "green", "cyan", "gray", "brown", "purple", "yellow", "red")
+    asked = [[f"a large red metal cube {rel} a small {c} rubber sphere"] for rel in ("left of", "right of")
+             for c in colours]  # 16 concepts, one set each
+    held = [[i >= 10] for i in range(16)]  # the first 10 fail
+    cell = {"accuracy": 6 / 16, "asked": asked, "concept_success": held, "judged": [[]] * 16}
+    res = {"spec": {"task": "relations"}, "cells": {"composed/K1": cell}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert breakdown.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| a large red")]
+    assert len(rows) == 12  # the 12 worst: the 10 failures first, then 2 of the 6 that held
+    assert all(r.endswith("| 0.0% (0/1) |") for r in rows[:10]) and rows[10].endswith("| 100.0% (1/1) |")
+    assert "| (4 more concepts, each held at least as often) | |" in out
