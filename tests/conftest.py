@@ -22,3 +22,14 @@ def no_network():
         mp.setattr(socket.socket, "connect_ex", refuse)
         mp.setattr(socket, "create_connection", refuse)
         yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 16x16 objects model trained for 1 step (one per test module that asks for it)."""
+    from compdiff.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
+                      layers_per_block=1, precision="fp32", steps=1)
+    return str(train(cfg, progress=False).model_dir)

@@ -4,15 +4,6 @@ import torch
 from PIL import Image
 
 from compdiff.cli import main
-from compdiff.training import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
-                      layers_per_block=1, precision="fp32", steps=1)
-    return str(train(cfg, progress=False).model_dir)
 
 
 def test_sample_writes_a_png_grid(tiny_model, tmp_path, capsys):

@@ -267,16 +267,6 @@ def test_region_errors_are_input_errors(setup):
 
 
 # ---- the CLI -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from compdiff.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
-                      layers_per_block=1, precision="fp32", steps=1)
-    return str(train(cfg, progress=False).model_dir)
-
-
 def test_cli_samples_with_regions_and_a_mask(tiny_model, tmp_path, capsys):
     mask = tmp_path / "right.png"
     Image.fromarray(box_mask(NAMED["right"], 32, 32).mul(255).byte().numpy()).save(mask)

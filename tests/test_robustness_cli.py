@@ -298,16 +298,6 @@ def test_fuzz_concept_errors(task_name, text):
 
 
 # ---- sampling in batches ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from compdiff.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
-                      layers_per_block=1, precision="fp32", steps=1)
-    return str(train(cfg, progress=False).model_dir)
-
-
 @pytest.fixture
 def row_by_row(monkeypatch):
     """The model evaluated one row per call: every call has the same shape, so the numbers of a

@@ -21,16 +21,6 @@ DEMO = '"0.30,0.30" AND "0.70,0.70" AND NOT "0.70,0.30"'
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from compdiff.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
-                      layers_per_block=1, precision="fp32", steps=1)
-    return str(train(cfg, progress=False).model_dir)
-
-
-@pytest.fixture(scope="module")
 def tiny_store(tiny_model):
     return ModelStore([tiny_model], shipped=False, device="cpu", device_flag="cpu")
 

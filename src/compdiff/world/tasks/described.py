@@ -34,7 +34,7 @@ concept to a box around it (method ``composed-regions``, see eval/composition.py
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from compdiff.world.tasks.attributes import with_synonyms
 from compdiff.world.tasks.base import Task, parse_error
 from compdiff.world.tasks.relations import (_ARTICLES, _KIND_VOCAB, _REL_PHRASES, OMIT_PROB,
                                             Desc, _desc_row, _fmt_desc, _row_desc, _tokens,
-                                            read_desc_words)
+                                            perturb_desc, read_desc_words)
 
 _ACCEPTED = ("'[a|an|the] [size] [color] [material] [shape]' naming at least one attribute, with size in "
              + with_synonyms(SIZES) + "; color in " + with_synonyms(COLORS) + "; material in "
@@ -103,7 +103,7 @@ class DescribedTask(Task[Desc]):
 
     def false_concept(self, concept: Desc, scene: Scene, rng: np.random.Generator) -> Desc | None:
         """One attribute set to another value (a value, if the description omitted it)."""
-        return self.first_false(lambda: _perturb(concept, rng), scene)
+        return self.first_false(lambda: perturb_desc(concept, rng), scene)
 
     # --- evaluation -----------------------------------------------------------
     def min_objects_for(self, k: int) -> int:
@@ -132,13 +132,3 @@ class DescribedTask(Task[Desc]):
         return _row_desc(vals)
 
 
-def _perturb(d: Desc, rng: np.random.Generator) -> Desc:
-    """``d`` with one of its four attributes set to another value (any value where it was omitted)."""
-    name = _NAMES[rng.integers(4)]
-    vocab = _KIND_VOCAB[name]
-    current = getattr(d, name)
-    if current is None:
-        value = vocab[rng.integers(len(vocab))]
-    else:
-        value = vocab[(vocab.index(current) + rng.integers(1, len(vocab))) % len(vocab)]
-    return replace(d, **{name: value})

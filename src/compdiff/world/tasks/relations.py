@@ -148,6 +148,18 @@ def _common_prefix(words: list[str], phrase: tuple[str, ...]) -> int:
     return n
 
 
+def perturb_desc(d: Desc, rng: np.random.Generator) -> Desc:
+    """``d`` with one of its four attributes set to another value (any value where it was omitted)."""
+    name = [f.name for f in fields(Desc)][rng.integers(4)]
+    vocab = _KIND_VOCAB[name]
+    current = getattr(d, name)
+    if current is None:
+        value = vocab[rng.integers(len(vocab))]
+    else:
+        value = vocab[(vocab.index(current) + rng.integers(1, len(vocab))) % len(vocab)]
+    return replace(d, **{name: value})
+
+
 def read_desc_words(text: str, toks: list[tuple[str, int]], accepted: str,
                     refuse: Callable[[str], str | None] = lambda tok: None) -> dict[str, str]:
     """The attributes named by one object's words ``toks`` ((word, column) pairs of ``text``):
@@ -297,14 +309,7 @@ def _perturb(c: Relation, rng: np.random.Generator) -> Relation:
         return replace(c, rel=_FLIP[c.rel])
     side = "first" if rng.random() < 0.5 else "second"
     desc: Desc = getattr(c, side)
-    name = [f.name for f in fields(Desc)][rng.integers(4)]
-    vocab = _KIND_VOCAB[name]
-    current = getattr(desc, name)
-    if current is None:
-        value = vocab[rng.integers(len(vocab))]
-    else:
-        value = vocab[(vocab.index(current) + rng.integers(1, len(vocab))) % len(vocab)]
-    return replace(c, **{side: replace(desc, **{name: value})})
+    return replace(c, **{side: perturb_desc(desc, rng)})
 
 
 def _fmt_desc(d: Desc) -> str:
