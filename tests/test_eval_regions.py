@@ -3,8 +3,7 @@
 The box rule (side ``region_size`` around the real object, moved inside the image, 3 decimals),
 the expression method ``composed-regions`` writes, the ``in_region`` metric on hand-built
 scenes, the report columns, the refusal on tasks whose concepts are not single objects, and
-``compdiff eval`` end to end on a tiny model (the region method only once compdiff.expr reads
-``@`` regions).
+``compdiff eval`` end to end on a tiny model.
 """
 import json
 import math
@@ -22,21 +21,6 @@ from compdiff.world.tasks import Desc
 
 T = get_task("described")
 RED_CUBE, BLUE_BALL = Desc("cube", "red", "small", "metal"), Desc("sphere", "blue", "large", "rubber")
-
-
-def grammar_has_regions() -> bool:
-    from compdiff.expr import parse
-
-    try:
-        parse('"a" @ left')
-    except Exception:  # noqa: BLE001 - any failure means: not there yet
-        return False
-    return True
-
-
-needs_regions = pytest.mark.skipif(not grammar_has_regions(),
-                                   reason="compdiff.expr does not parse '\"a\" @ left' yet (regional composition "
-                                   "in the expression algebra has not landed)")
 
 
 def obj(d: Desc, x: float, y: float) -> Obj:
@@ -113,7 +97,6 @@ def test_drawn_sets_box_their_own_objects():
             assert s.in_region(T, s.scene) == [True] * k
 
 
-@needs_regions
 def test_the_grammar_reads_the_boxes_back():
     from compdiff.expr import parse
 
@@ -219,7 +202,6 @@ def test_eval_scores_in_region_for_every_method(tiny_described, tmp_path):
     assert "in region" in (tmp_path / "rep" / "table.md").read_text()
 
 
-@needs_regions
 def test_eval_composed_regions_end_to_end(tiny_described, tmp_path):
     res = run_cli_eval(tiny_described, tmp_path / "rep", "composed,composed-regions")
     assert set(res["cells"]) == {"composed/K2", "composed-regions/K2"}
@@ -239,7 +221,6 @@ def test_eval_composed_regions_end_to_end(tiny_described, tmp_path):
     assert plain.shape == boxed.shape and not torch.equal(plain, boxed)
 
 
-@needs_regions
 def test_feather_and_region_mode_reach_the_sampler(tiny_described, tmp_path):
     """--feather and --region-mode change composed-regions' images (same sets and noise), are recorded in
     the spec, and a report resumes only with the same values."""
