@@ -4,7 +4,11 @@
         reports/attributes=attributes reports/relations=relations --out docs/eval_accuracy.png
 
 Each argument is REPORT_DIR[=panel title]; the panel reads REPORT_DIR/results.json. Error
-bars are 95% Wilson intervals over the n concept sets of each cell.
+bars are 95% Wilson intervals over the n concept sets of each cell. Where a cell records
+``in_region`` (the described task: every concept holds inside its box), a dashed line in the
+method's colour draws it beside accuracy.
+
+    python bench/plot_eval.py reports/described-regions="regions (described objects)" --out docs/eval_regions.png
 """
 from __future__ import annotations
 
@@ -29,6 +33,22 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def in_region_points(results: dict, method: str) -> list[tuple[int, float, float, float]]:
+    """(K, in-region %, lower and upper error bar) of each cell that records ``in_region``
+    (tasks whose concepts are single objects). The cell stores the fraction of its n sets, so
+    the count is recovered as round(fraction · n) for the Wilson interval."""
+    out = []
+    for k in results["spec"]["components"]:
+        cell = results["cells"].get(f"{method}/K{k}")
+        if cell is None or "in_region" not in cell:
+            continue
+        n = len(cell["success"])
+        a = cell["in_region"]
+        lo, hi = wilson(round(a * n), n)
+        out.append((k, 100 * a, max(0.0, 100 * (a - lo)), max(0.0, 100 * (hi - a))))
+    return out
+
+
 def panel(ax, results: dict, title: str) -> None:
     spec = results["spec"]
     for method in spec["methods"]:
@@ -45,6 +65,11 @@ def panel(ax, results: dict, title: str) -> None:
             hi.append(max(0.0, 100 * (h - a)))
         color, marker, label = STYLE.get(method, ("C7", "x", method))
         ax.errorbar(ks, acc, yerr=[lo, hi], color=color, marker=marker, label=label, capsize=3, lw=1.5)
+        region = in_region_points(results, method)
+        if region:
+            rk, ra, rlo, rhi = zip(*region)
+            ax.errorbar([k + 0.06 for k in rk], ra, yerr=[rlo, rhi], color=color, marker=marker, ls="--",
+                        mfc="none", capsize=3, lw=1.2, label=f"{label}: in its box")
     sampler = f"{spec['sampler'].upper()} {spec['steps']}"
     ax.set(title=f"{title}\n(n = {spec['n']} sets per point, {sampler}, scale {spec['guidance_scale']:g})",
            xlabel="K (concepts ANDed)", ylabel="accuracy: all concepts hold (%)", ylim=(-3, 103),

@@ -87,3 +87,22 @@ def test_concepts_of_many_words_list_the_worst_only(tmp_path, capsys):
     assert len(rows) == 12  # the 12 worst: the 10 failures first, then 2 of the 6 that held
     assert all(r.endswith("| 0.0% (0/1) |") for r in rows[:10]) and rows[10].endswith("| 100.0% (1/1) |")
     assert "| (4 more concepts, each held at least as often) | |" in out
+
+
+def test_plot_eval_draws_in_region_beside_accuracy(tmp_path):
+    spec = importlib.util.spec_from_file_location("plot_eval", Path(__file__).parents[1] / "bench" / "plot_eval.py")
+    pe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pe)
+    cells = {"composed/K1": {"accuracy": 0.5, "success": [True, False, True, False], "in_region": 0.25},
+             "composed-regions/K1": {"accuracy": 0.75, "success": [True, True, True, False], "in_region": 0.75},
+             "joint/K1": {"accuracy": 1.0, "success": [True] * 4}}  # no in_region: not a described task
+    res = {"spec": {"task": "described", "methods": ["composed", "composed-regions", "joint"], "components": [1],
+                    "n": 4, "sampler": "ddpm", "steps": 50, "guidance_scale": 3.0}, "cells": cells}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(res))
+    k, pct, lo, hi = pe.in_region_points(res, "composed")[0]
+    wl, wh = pe.wilson(1, 4)  # 0.25 of 4 sets = 1 set
+    assert (k, pct) == (1, 25.0) and abs(lo - 100 * (0.25 - wl)) < 1e-9 and abs(hi - 100 * (wh - 0.25)) < 1e-9
+    assert pe.in_region_points(res, "joint") == []
+    pe.main([f"{tmp_path / 'r'}=regions", "--out", str(tmp_path / "f.png")])
+    assert (tmp_path / "f.png").stat().st_size > 1000 and not (tmp_path / "f.tmp.png").exists()
