@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from compdiff.backends.offload import enable_model_cpu_offload, execution_device, release
+from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device, release
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import CLIPPromptEncoder
@@ -56,10 +56,14 @@ class UNetDenoiser:
         self.schedule = schedule
         self.prediction_type = prediction_type
 
+    def _unet_kwargs(self, cond: Tensor, device: torch.device, dtype: torch.dtype) -> dict:
+        """The UNet's conditioning keyword arguments (SDXL's subclass adds the pooled embeddings and time ids)."""
+        return {"encoder_hidden_states": cond.to(device, dtype)}
+
     @torch.no_grad()
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
         device, dtype = execution_device(self.unet), next(self.unet.parameters()).dtype
-        out = self.unet(x.to(device, dtype), t.to(device), encoder_hidden_states=cond.to(device, dtype),
+        out = self.unet(x.to(device, dtype), t.to(device), **self._unet_kwargs(cond, device, dtype),
                         return_dict=False)[0].to(x.device, x.dtype)
         if self.prediction_type == "epsilon":
             return out
@@ -201,7 +205,7 @@ def _schedule_of(scheduler: Any) -> NoiseSchedule:
         raise InputError(f"cannot use the scheduler {type(scheduler).__name__}: {err}") from err
 
 
-class DiffusersBackend:
+class DiffusersBackend(RunsOnDenoiser):
     """A diffusers text-to-image pipeline as compdiff parts.
 
     Attributes: denoiser (UNetDenoiser), encoder (CLIPPromptEncoder), schedule (NoiseSchedule),
@@ -255,15 +259,6 @@ class DiffusersBackend:
         self.offload_hooks = enable_model_cpu_offload((self.text_encoder, self.unet, self.vae), device, self.unet)
 
     # ---- shapes and timesteps ---------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """Where the UNet runs (its execution device under cpu_offload, where its weights are otherwise)."""
-        return execution_device(self.unet)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, height/f, width/f) with f the VAE's scale factor; None = the UNet's default resolution."""
         size = self.unet.config.sample_size

@@ -43,6 +43,22 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+class RunsOnDenoiser:
+    """``device`` and ``dtype`` of a pipeline backend: those of its denoising network, the attribute
+    named by ``denoiser_module`` ("unet" or "transformer"). ``device`` is where that network runs
+    (its execution device under cpu_offload, where its weights are otherwise)."""
+
+    denoiser_module = "unet"
+
+    @property
+    def device(self) -> torch.device:
+        return execution_device(getattr(self, self.denoiser_module))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(getattr(self, self.denoiser_module).parameters()).dtype
+
+
 def _indexed(device: torch.device | str) -> torch.device:
     """``device`` with an index for accelerators ("cuda" -> "cuda:<current>"), so that the hook's
     comparison with a parameter's device (always indexed) holds when the module is already there."""

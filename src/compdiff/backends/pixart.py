@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import vae_decode
-from compdiff.backends.offload import enable_model_cpu_offload, execution_device
+from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import is_flow_scheduler, sample_with_scheduler
 from compdiff.backends.sd3 import (class_detector, components_of, load_components, open_dtype, read_index, to_device,
@@ -138,7 +138,7 @@ def _schedule_of(scheduler: Any) -> NoiseSchedule:
         raise InputError(f"cannot use the scheduler {type(scheduler).__name__}: {err}") from err
 
 
-class PixArtBackend:
+class PixArtBackend(RunsOnDenoiser):
     """A diffusers PixArtSigmaPipeline as compdiff parts (see the module docstring).
 
     Attributes: denoiser (PixArtDenoiser), encoder (T5PromptEncoder), schedule (NoiseSchedule), scheduler
@@ -148,6 +148,7 @@ class PixArtBackend:
     """
 
     family = FAMILY
+    denoiser_module = "transformer"
     default_scale = PIPELINE_SCALE
     default_steps = DEFAULT_STEPS
 
@@ -204,15 +205,6 @@ class PixArtBackend:
                                                       self.transformer)
 
     # ---- shapes and timesteps ---------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """Where the transformer runs (its execution device under cpu_offload, where its weights are otherwise)."""
-        return execution_device(self.transformer)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
-
     def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, height/f, width/f); None = the transformer's sample_size·f (the pipeline's default, 1024 for
         the 1024 px model). Multiples of f·patch_size."""

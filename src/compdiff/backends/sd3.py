@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import vae_decode
-from compdiff.backends.offload import enable_model_cpu_offload, execution_device
+from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import PromptTruncatedWarning
@@ -232,7 +232,7 @@ def to_device(module: torch.nn.Module, device: torch.device | str, dtype: torch.
     return module.to(device=device).eval()
 
 
-class FlowBackend:
+class FlowBackend(RunsOnDenoiser):
     """What the flow-matching families share: shapes, timesteps, decoding, one-call sampling, OpenedModel.
 
     Subclasses set transformer, vae, scheduler, denoiser, encoder, vae_scale_factor, latent_shape and
@@ -243,6 +243,7 @@ class FlowBackend:
     """
 
     family = ""
+    denoiser_module = "transformer"
     default_scale = 1.0
     spacing: Spacing = "linspace"
     default_steps = DEFAULT_STEPS
@@ -266,15 +267,6 @@ class FlowBackend:
         self.offload_hooks = enable_model_cpu_offload(self._offload_modules(), device, self.transformer)
 
     # ---- shapes, schedules, timesteps -----------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """Where the transformer runs (its execution device under cpu_offload, where its weights are otherwise)."""
-        return execution_device(self.transformer)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
-
     def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         raise NotImplementedError
 

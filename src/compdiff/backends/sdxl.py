@@ -43,8 +43,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from compdiff.backends.diffusers import _missing_model_message, _schedule_of
-from compdiff.backends.offload import enable_model_cpu_offload, execution_device, release
+from compdiff.backends.diffusers import UNetDenoiser, _missing_model_message, _schedule_of
+from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device, release
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import PromptTruncatedWarning
@@ -53,7 +53,6 @@ from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
 from compdiff.sampling import Callback, generators, randn, sample_ddim
-from compdiff.schedule import NoiseSchedule
 
 FAMILY = "sdxl"
 #: the one pipeline class this family runs (model_index.json "_class_name")
@@ -82,35 +81,20 @@ def add_time_ids(height: int, width: int, original_size: tuple[int, int] | None 
 
 
 # ---- the denoiser -----------------------------------------------------------------------------
-class SDXLUNetDenoiser:
+class SDXLUNetDenoiser(UNetDenoiser):
     """Denoiser over an SDXL ``UNet2DConditionModel`` (``addition_embed_type="text_time"``).
 
     ``(x (B, C, h, w) latents, t (B,) timesteps, cond {"tokens" (B, L, D), "pooled" (B, P),
     "time_ids" (B, 6)}) -> eps (B, C, h, w)`` in x's dtype: ONE UNet call with
     ``encoder_hidden_states=tokens`` and ``added_cond_kwargs={"text_embeds": pooled,
-    "time_ids": time_ids}``. The UNet runs in its own dtype, on its execution device (cpu_offload: where
-    its hook runs it); a v- or x0-prediction output is converted to eps here, once, by
-    ``schedule.eps_from_prediction``.
+    "time_ids": time_ids}``. Devices, dtypes and the conversion to eps are UNetDenoiser's.
     """
 
-    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, prediction_type: str) -> None:
-        self.unet = unet
-        self.schedule = schedule
-        self.prediction_type = prediction_type
-
-    @torch.no_grad()
-    def __call__(self, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        device, dtype = execution_device(self.unet), next(self.unet.parameters()).dtype
+    def _unet_kwargs(self, cond: Mapping[str, Tensor], device: torch.device, dtype: torch.dtype) -> dict:
         added = {"text_embeds": cond["pooled"].to(device, dtype), "time_ids": cond["time_ids"].to(device, dtype)}
-        out = self.unet(x.to(device, dtype), t.to(device), encoder_hidden_states=cond["tokens"].to(device, dtype),
-                        added_cond_kwargs=added, return_dict=False)[0].to(x.device, x.dtype)
-        if self.prediction_type == "epsilon":
-            return out
-        # a fractional t (Euler schedulers with "linspace" spacing) is interpolated by the schedule
-        return self.schedule.eps_from_prediction(x, out, t.detach().cpu().double(), self.prediction_type)
+        return {"encoder_hidden_states": cond["tokens"].to(device, dtype), "added_cond_kwargs": added}
 
 
-# ---- the concept encoder ---------------------------------------------------------------------
 class SDXLPromptEncoder:
     """ConceptEncoder over SDXL's two (tokenizer, text encoder) pairs; see the module docstring.
 
@@ -323,7 +307,7 @@ def _check_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, text_encod
 
 
 # ---- the backend -----------------------------------------------------------------------------------
-class SDXLBackend:
+class SDXLBackend(RunsOnDenoiser):
     """A StableDiffusionXLPipeline as compdiff parts (the API of ``DiffusersBackend``).
 
     Attributes: denoiser (SDXLUNetDenoiser), encoder (SDXLPromptEncoder, with the time ids of the
@@ -394,15 +378,6 @@ class SDXLBackend:
                                                       device, self.unet)
 
     # ---- shapes, sizes and timesteps ------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """Where the UNet runs (its execution device under cpu_offload, where its weights are otherwise)."""
-        return execution_device(self.unet)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
     def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, height/f, width/f) with f the VAE's scale factor; None = the UNet's default resolution
         (1024 x 1024 for SDXL base)."""
