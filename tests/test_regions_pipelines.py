@@ -3,6 +3,7 @@
 For SD 1.x, SDXL, SD3, Flux and PixArt-Σ: a region confines its concept's delta to its mask (the
 output equals the null prediction of the same forward, exactly, outside it when the feather is 0),
 a full-image region equals no region, and a batch with per-sample masks equals each sample alone.
+Each backend's one-call ``sample_latents`` takes regions, and OR (one clause per image, by its seed).
 """
 import pytest
 import torch
@@ -103,17 +104,22 @@ def test_the_cli_samples_regions_on_every_family(model, tmp_path, capsys):
     assert "a cat  @ left" in capsys.readouterr().out
 
 
-def test_the_backends_one_call_sampling_takes_regions(model):
+def _backend(m, folder):
+    """The family's backend class (the one-call ``sample_latents`` API) opened on the same folder."""
     from compdiff.backends.diffusers import DiffusersBackend
     from compdiff.backends.flux import FluxBackend
     from compdiff.backends.pixart import PixArtBackend
     from compdiff.backends.sd3 import SD3Backend
     from compdiff.backends.sdxl import SDXLBackend
 
-    m, folder = model
     cls = {"stable-diffusion": DiffusersBackend, "sdxl": SDXLBackend, "sd3": SD3Backend, "flux": FluxBackend,
            "pixart": PixArtBackend}[m.family]
-    backend = cls.from_pretrained(folder)
+    return cls.from_pretrained(folder)
+
+
+def test_the_backends_one_call_sampling_takes_regions(model):
+    m, folder = model
+    backend = _backend(m, folder)
     h, w = m.latent_shape[-2:]
     mask = torch.zeros(h, w)
     mask[:, : w // 2] = 1
@@ -126,3 +132,17 @@ def test_the_backends_one_call_sampling_takes_regions(model):
     assert torch.allclose(masked, named, atol=1e-6)  # the mask of the left half is the region left
     soft = backend.sample_latents('"a red cube" @ left AND "a dog"', feather=0.25, region_mode="normalize", **kw)
     assert soft.shape == plain.shape and not torch.allclose(soft, named, atol=1e-6)
+
+
+def test_the_backends_one_call_sampling_takes_or(model):
+    """OR through every family's ``sample_latents``: each image draws its clause from its own seed
+    (SD and SDXL once refused OR here with "choose each sample's clause first")."""
+    m, folder = model
+    backend = _backend(m, folder)
+    kw = dict(steps=2)
+    pair = backend.sample_latents('"a red cube" OR "a dog":3', n=2, seeds=[3, 4], **kw)
+    alone = backend.sample_latents('"a red cube" OR "a dog":3', n=1, seeds=[4], **kw)
+    # image i depends only on seeds[i], its clause included (batch size changes float rounding only)
+    assert torch.allclose(pair[1], alone[0], rtol=1e-4, atol=1e-4)
+    both = backend.sample_latents('"a red cube" AND "a dog"', n=2, seeds=[3, 4], **kw)
+    assert not torch.allclose(pair, both, atol=1e-4)

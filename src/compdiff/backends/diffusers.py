@@ -312,6 +312,7 @@ class DiffusersBackend(RunsOnDenoiser):
                          rescale=rescale, max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
         shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
         gens = generators(seeds)
+        eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(n, gens))  # OR: each image draws its clause by its seed
         x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
         if scheduler is None:
             return sample_ddim(eps_fn, x_T, self.schedule, self.timesteps(steps), eta=eta, generator=gens,

@@ -472,6 +472,7 @@ class SDXLBackend(RunsOnDenoiser):
         eps_fn = compose(self.denoiser, encoder, expr, guidance_scale=guidance_scale, mode=mode, rescale=rescale,
                          max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
         gens = generators(seeds)
+        eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(n, gens))  # OR: each image draws its clause by its seed
         x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
         if scheduler is None:
             return sample_ddim(eps_fn, x_T, self.schedule, self.timesteps(steps), eta=eta, generator=gens,
