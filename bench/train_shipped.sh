@@ -8,6 +8,8 @@
 # bench/gpu_round.sh), else on the CPU. Resumable: run the same command again after an
 # interruption (Ctrl-C saves a checkpoint). A larger STEPS on a finished run continues it under
 # the longer schedule (the same as training that long from the start if it stopped in warm-up).
+# The trainer replaces this shell (exec), so a SIGTERM or SIGINT sent to it (`timeout`, Ctrl-C)
+# reaches the trainer, which saves a checkpoint and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task=${1:-objects}
@@ -18,6 +20,6 @@ py=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 resume=()
 [ -f "$out/run.json" ] && resume=(--resume)
-"$py" -m compdiff train --task "$task" --resolution 32 --steps "$steps" --batch-size 64 --lr 1e-3 \
+exec "$py" -m compdiff train --task "$task" --resolution 32 --steps "$steps" --batch-size 64 --lr 1e-3 \
   --channels 32,64,64 --layers-per-block 2 --checkpoint-every 100 --snapshot-every 500 \
   --seed 0 --out "$out" "$@" "${resume[@]}"
