@@ -106,3 +106,29 @@ def test_plot_eval_draws_in_region_beside_accuracy(tmp_path):
     assert pe.in_region_points(res, "joint") == []
     pe.main([f"{tmp_path / 'r'}=regions", "--out", str(tmp_path / "f.png")])
     assert (tmp_path / "f.png").stat().st_size > 1000 and not (tmp_path / "f.tmp.png").exists()
+
+
+def test_regions_diagnose_places_each_concept(tmp_path, capsys):
+    from compdiff.eval.concept_sets import concept_sets
+    from compdiff.world import get_task
+
+    spec = importlib.util.spec_from_file_location("regions_diagnose", Path(__file__).parents[1] / "bench" / "regions_diagnose.py")
+    rd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rd)
+    sets = concept_sets(get_task("described"), 2, 4, seed=7)
+    real = [[o.describe() for o in s.scene.objects] for s in sets]  # the real scene: every object in its box
+    # only each set's first concept drawn, in the bottom-right corner
+    moved = [[f"{d.size} {d.color} {d.material} {d.shape} at 0.99,0.99"] for d in (s.positives[0] for s in sets)]
+    res = {"spec": {"task": "described", "n": 4, "seed": 7, "negate": False, "region_size": 0.4},
+           "cells": {"real/K2": {"k": 2, "judged": real}, "none/K2": {"k": 2, "judged": [[]] * 4},
+                     "one-corner/K2": {"k": 2, "judged": moved}}}
+    out = rd.outcomes(res)
+    assert out["real/K2"] == {"in its box": 1.0, "elsewhere only": 0.0, "not drawn": 0.0, "box empty": 0.0, "pairs": 8}
+    assert out["none/K2"]["not drawn"] == 1.0 and out["none/K2"]["box empty"] == 1.0
+    corner = out["one-corner/K2"]  # one true object, drawn in the corner: at most its own box holds it
+    assert corner["in its box"] + corner["elsewhere only"] == 0.5 and corner["not drawn"] == 0.5
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(res))
+    assert rd.main([str(tmp_path / "r")]) == 0
+    assert "| real/K2 | 8 | 100.0% | 0.0% | 0.0% | 0.0% |" in capsys.readouterr().out
+    assert rd.main([str(tmp_path / "nothing")]) == 2
