@@ -1,7 +1,9 @@
 """Where a regions cell's objects went: for each positive concept of each set, was the described
 object drawn inside its box, drawn elsewhere, or not drawn at all; and was anything drawn in the
 box. Reads a `compdiff eval --task described` report (the judged scenes of every set) and redraws
-the same concept sets and boxes from its spec.
+the same concept sets and boxes from its spec. "In its box" is the eval's per-concept in-region
+rate, recomputed from the judged positions as the report stores them (2 decimals), so an object
+on a box's edge can count differently (2 of 512 pairs in reports/described-regions, K = 2).
 
     python bench/regions_diagnose.py reports/described-regions
 """
