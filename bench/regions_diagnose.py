@@ -34,8 +34,9 @@ def judged_scene(lines: list[str]) -> Scene:
 
 
 def outcomes(results: dict) -> dict[str, dict[str, float]]:
-    """Per cell, the fractions of (set, concept) pairs: in box, elsewhere only, not drawn; and of
-    boxes with no object at all."""
+    """Per cell, the fractions of (set, concept) pairs: in box, elsewhere only, not drawn; of
+    boxes with no object at all; and the mean number of objects drawn that fit the concept
+    ("copies": more copies land one in the box by chance)."""
     spec = results["spec"]
     task = get_task(spec["task"])
     out = {}
@@ -43,7 +44,7 @@ def outcomes(results: dict) -> dict[str, dict[str, float]]:
         if "judged" not in cell:
             continue
         sets = concept_sets(task, cell["k"], spec["n"], spec["seed"], spec.get("negate", False))
-        counts = {"in its box": 0, "elsewhere only": 0, "not drawn": 0, "box empty": 0}
+        counts = {"in its box": 0, "elsewhere only": 0, "not drawn": 0, "box empty": 0, "copies": 0}
         total = 0
         for s, lines in zip(sets, cell["judged"]):
             scene = judged_scene(lines)
@@ -57,6 +58,7 @@ def outcomes(results: dict) -> dict[str, dict[str, float]]:
                 else:
                     counts["not drawn"] += 1
                 counts["box empty"] += not in_box.objects
+                counts["copies"] += sum(task.holds(c, Scene((o,), "free")) for o in scene.objects)
         out[name] = {k: v / total for k, v in counts.items()} | {"pairs": total}
     return out
 
@@ -70,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"regions_diagnose: no {path}", file=sys.stderr)
         return 2
     table = outcomes(json.loads(path.read_text()))
-    print("| cell | (set, concept) pairs | in its box | elsewhere only | not drawn | box empty |")
-    print("|---|---|---|---|---|---|")
+    print("| cell | (set, concept) pairs | in its box | elsewhere only | not drawn | box empty | copies drawn |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in table.items():
         print(f"| {name} | {r['pairs']} | " + " | ".join(f"{100 * r[k]:.1f}%" for k in
-                                                        ("in its box", "elsewhere only", "not drawn", "box empty")) + " |")
+                                                        ("in its box", "elsewhere only", "not drawn", "box empty"))
+              + f" | {r['copies']:.2f} |")
     return 0
 
 

@@ -123,12 +123,14 @@ def test_regions_diagnose_places_each_concept(tmp_path, capsys):
            "cells": {"real/K2": {"k": 2, "judged": real}, "none/K2": {"k": 2, "judged": [[]] * 4},
                      "one-corner/K2": {"k": 2, "judged": moved}}}
     out = rd.outcomes(res)
-    assert out["real/K2"] == {"in its box": 1.0, "elsewhere only": 0.0, "not drawn": 0.0, "box empty": 0.0, "pairs": 8}
+    assert out["real/K2"] == {"in its box": 1.0, "elsewhere only": 0.0, "not drawn": 0.0, "box empty": 0.0,
+                              "copies": 1.0, "pairs": 8}  # a scene's full descriptions are distinct
     assert out["none/K2"]["not drawn"] == 1.0 and out["none/K2"]["box empty"] == 1.0
     corner = out["one-corner/K2"]  # one true object, drawn in the corner: at most its own box holds it
     assert corner["in its box"] + corner["elsewhere only"] == 0.5 and corner["not drawn"] == 0.5
+    assert corner["copies"] == 0.5
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "results.json").write_text(json.dumps(res))
     assert rd.main([str(tmp_path / "r")]) == 0
-    assert "| real/K2 | 8 | 100.0% | 0.0% | 0.0% | 0.0% |" in capsys.readouterr().out
+    assert "| real/K2 | 8 | 100.0% | 0.0% | 0.0% | 0.0% | 1.00 |" in capsys.readouterr().out
     assert rd.main([str(tmp_path / "nothing")]) == 2
