@@ -71,11 +71,12 @@ def panel(ax, results: dict, title: str) -> None:
             ax.errorbar([k + 0.06 for k in rk], ra, yerr=[rlo, rhi], color=color, marker=marker, ls="--",
                         mfc="none", capsize=3, lw=1.2, label=f"{label}: in its box")
     sampler = f"{spec['sampler'].upper()} {spec['steps']}"
+    done = sorted({int(name.rsplit("/K", 1)[1]) for name in results["cells"]}) or spec["components"]
     ax.set(title=f"{title}\n(n = {spec['n']} sets per point, {sampler}, scale {spec['guidance_scale']:g})",
            xlabel="K (concepts ANDed)", ylabel="accuracy: all concepts hold (%)", ylim=(-3, 103),
-           xticks=spec["components"])
+           xticks=done, xlim=(done[0] - 0.4, done[-1] + 0.4))  # only the K measured
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: never over a point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     items = [(r.split("=", 1) + [None])[:2] for r in args.reports]
-    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 5.0), squeeze=False)
     for ax, (folder, title) in zip(axes[0], items):
         results = json.loads((Path(folder) / "results.json").read_text())
         panel(ax, results, title or results["spec"]["task"])
