@@ -14,23 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from compdiff.eval.stats import wilson
 
 STYLE = {"composed": ("C0", "o", "composed (sum, the paper)"), "composed-mean": ("C1", "s", "composed (mean)"),
          "joint": ("C3", "^", "joint conditioning"),
          "joint-oracle": ("C7", "v", "joint conditioning, oracle layout"),
          "composed-regions": ("C2", "D", "composed, each concept in its box (regions)")}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def in_region_points(results: dict, method: str) -> list[tuple[int, float, float, float]]:

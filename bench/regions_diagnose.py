@@ -6,6 +6,9 @@ rate, recomputed from the judged positions as the report stores them (2 decimals
 on a box's edge can count differently (2 of 512 pairs in reports/described-regions, K = 2).
 
     python bench/regions_diagnose.py reports/described-regions
+
+It prints two tables: per cell, accuracy and in-region with their Wilson 95% intervals (the
+BENCHMARKS table), then the placement of each (set, concept) pair.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 from compdiff.eval.concept_sets import concept_sets, inside
+from compdiff.eval.stats import wilson
 from compdiff.world import Obj, Scene, get_task
 
 _JUDGED = re.compile(r"(\w+) (\w+) (\w+) (\w+) at ([0-9.]+),([0-9.]+)")
@@ -46,6 +50,10 @@ def outcomes(results: dict) -> dict[str, dict[str, float]]:
         sets = concept_sets(task, cell["k"], spec["n"], spec["seed"], spec.get("negate", False))
         counts = {"in its box": 0, "elsewhere only": 0, "not drawn": 0, "box empty": 0, "copies": 0}
         total = 0
+        asked = [[task.format(c) for c in s.positives] for s in sets]
+        if asked != cell.get("asked", asked):
+            raise ValueError(f"{name}: the concept sets drawn again differ from the report's (another sets "
+                             "version or filter); this tool reads reports of the current version without --sets")
         for s, lines in zip(sets, cell["judged"]):
             scene = judged_scene(lines)
             for c, box in zip(s.positives, s.boxes(task, spec["region_size"])):
@@ -71,7 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         print(f"regions_diagnose: no {path}", file=sys.stderr)
         return 2
-    table = outcomes(json.loads(path.read_text()))
+    results = json.loads(path.read_text())
+    g = results["spec"]["guidance_scale"]
+    print("| method | guidance | K | n | accuracy | 95% interval | per-concept | in region | 95% interval "
+          "| per-concept in region | FD-judge | FD floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, c in results["cells"].items():
+        if "in_region" not in c:
+            continue
+        n = len(c["success"])
+        lo, hi = wilson(sum(c["success"]), n)
+        rlo, rhi = wilson(round(c["in_region"] * n), n)  # the cell stores the fraction of its n sets
+        print(f"| {c['method']} | {g:g} | {c['k']} | {n} | {100 * c['accuracy']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f}% "
+              f"| {100 * c['concept_accuracy']:.1f}% | {100 * c['in_region']:.1f}% | {100 * rlo:.1f}–{100 * rhi:.1f}% "
+              f"| {100 * c['per_concept_in_region']:.1f}% | {c['fd_judge']:.1f} | {c['fd_floor']:.1f} |")
+    print()
+    table = outcomes(results)
     print("| cell | (set, concept) pairs | in its box | elsewhere only | not drawn | box empty | copies drawn |")
     print("|---|---|---|---|---|---|---|")
     for name, r in table.items():

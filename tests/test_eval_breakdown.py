@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SPEC = importlib.util.spec_from_file_location("eval_breakdown", Path(__file__).parents[1] / "bench" / "eval_breakdown.py")
 breakdown = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(breakdown)
@@ -119,7 +121,7 @@ def test_regions_diagnose_places_each_concept(tmp_path, capsys):
     real = [[o.describe() for o in s.scene.objects] for s in sets]  # the real scene: every object in its box
     # only each set's first concept drawn, in the bottom-right corner
     moved = [[f"{d.size} {d.color} {d.material} {d.shape} at 0.99,0.99"] for d in (s.positives[0] for s in sets)]
-    res = {"spec": {"task": "described", "n": 4, "seed": 7, "negate": False, "region_size": 0.4},
+    res = {"spec": {"task": "described", "n": 4, "seed": 7, "negate": False, "region_size": 0.4, "guidance_scale": 3.0},
            "cells": {"real/K2": {"k": 2, "judged": real}, "none/K2": {"k": 2, "judged": [[]] * 4},
                      "one-corner/K2": {"k": 2, "judged": moved}}}
     out = rd.outcomes(res)
@@ -134,3 +136,6 @@ def test_regions_diagnose_places_each_concept(tmp_path, capsys):
     assert rd.main([str(tmp_path / "r")]) == 0
     assert "| real/K2 | 8 | 100.0% | 0.0% | 0.0% | 0.0% | 1.00 |" in capsys.readouterr().out
     assert rd.main([str(tmp_path / "nothing")]) == 2
+    res["cells"]["real/K2"]["asked"] = [["a small red metal cube", "a large blue rubber sphere"]] * 4
+    with pytest.raises(ValueError, match="differ from the report"):  # sets that are not the report's
+        rd.outcomes(res)
