@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import vae_decode
+from compdiff.backends.one_call import seed_list, seeded_start
 from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
@@ -60,7 +61,7 @@ from compdiff.compose import Mode, Negation, compose
 from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
-from compdiff.sampling import Callback, generators, get_sampler, randn, sampler_options
+from compdiff.sampling import Callback, get_sampler, sampler_options
 from compdiff.schedule import FlowSchedule, Spacing
 
 FAMILY = "sd3"
@@ -326,17 +327,13 @@ class FlowBackend(RunsOnDenoiser):
         scheduler via :func:`sample_with_scheduler` (the pipeline's own one: ``scheduler=backend.scheduler``).
         eta goes to samplers that take it (ddim). Prompts are encoded once. Regions take masks, feather
         and region_mode as in :func:`compdiff.compose`."""
-        seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != n:
-            raise InputError(f"got {len(seeds)} seeds for {n} images")
+        seeds = seed_list(n, seeds)
         steps = self.default_steps if steps is None else int(steps)
         scale = self.default_scale if guidance_scale is None else guidance_scale
         fn = compose(self.denoiser, self.encoder, expr, guidance_scale=scale, mode=mode, rescale=rescale,
                      max_batch=max_batch, negation=negation, masks=masks, feather=feather, region_mode=region_mode)
         shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
-        gens = generators(seeds)
-        fn = fn.with_clauses(fn.draw_clauses(n, gens))  # OR: each image draws its clause from its own seed
-        x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
+        fn, x_T, gens = seeded_start(fn, shape, seeds, self.device)
         if scheduler is not None:
             return sample_with_scheduler(fn, x_T, scheduler, steps, generator=gens, callback=callback, eta=eta,
                                          prediction="velocity", timestep_options=self._scheduler_options(steps, shape))

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from compdiff.backends.diffusers import UNetDenoiser, _missing_model_message, _schedule_of
+from compdiff.backends.one_call import sample_vp, seed_list
 from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device, release
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
@@ -52,7 +53,7 @@ from compdiff.compose import Mode, compose
 from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
 from compdiff.expr import Expr
-from compdiff.sampling import Callback, generators, randn, sample_ddim
+from compdiff.sampling import Callback
 
 FAMILY = "sdxl"
 #: the one pipeline class this family runs (model_index.json "_class_name")
@@ -463,21 +464,14 @@ class SDXLBackend(RunsOnDenoiser):
         given diffusers scheduler (e.g. the pipeline's own) via :func:`sample_with_scheduler`. The time ids
         follow height/width; prompts are encoded once. Regions take masks, feather and region_mode as in
         :func:`compdiff.compose`."""
-        seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != n:
-            raise InputError(f"got {len(seeds)} seeds for {n} images")
+        seeds = seed_list(n, seeds)
         sized = height is not None or width is not None
         encoder = self.encoder_for(height, width) if sized else self.encoder
         shape = self.latent_shape_for(height or self.height, width or self.width) if sized else self.latent_shape
         eps_fn = compose(self.denoiser, encoder, expr, guidance_scale=guidance_scale, mode=mode, rescale=rescale,
                          max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
-        gens = generators(seeds)
-        eps_fn = eps_fn.with_clauses(eps_fn.draw_clauses(n, gens))  # OR: each image draws its clause by its seed
-        x_T = randn((n, *shape), gens, dtype=torch.float32, device=self.device)
-        if scheduler is None:
-            return sample_ddim(eps_fn, x_T, self.schedule, self.timesteps(steps), eta=eta, generator=gens,
-                               callback=callback)
-        return sample_with_scheduler(eps_fn, x_T, scheduler, steps, generator=gens, callback=callback, eta=eta)
+        return sample_vp(eps_fn, shape, seeds, device=self.device, schedule=self.schedule, timesteps=self.timesteps,
+                         steps=steps, scheduler=scheduler, eta=eta, callback=callback)
 
     def generate(self, expr: Expr | str, **kwargs: Any) -> Tensor:
         """Images (n, 3, H, W) in [-1, 1]: ``decode(sample_latents(expr, **kwargs))``."""
