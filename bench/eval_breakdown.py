@@ -23,7 +23,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from compdiff.world import get_task
+from compdiff.world import Obj, get_task
 from compdiff.world.holdout import get_split
 
 KINDS = ("size", "color", "material", "shape")
@@ -31,8 +31,8 @@ KINDS = ("size", "color", "material", "shape")
 
 def read_object(text: str) -> dict[str, str]:
     """``"large red metal cube at 0.50,0.25"`` (``Obj.describe``) -> {size, color, material, shape}."""
-    words = text.split(" at ")[0].split()
-    return dict(zip(KINDS, words))
+    obj = Obj.parse(text)
+    return {kind: getattr(obj, kind) for kind in KINDS}
 
 
 def pct(a: int, b: int) -> str:

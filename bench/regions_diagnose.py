@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -22,19 +21,9 @@ from compdiff.eval.concept_sets import concept_sets, inside
 from compdiff.eval.stats import wilson
 from compdiff.world import Obj, Scene, get_task
 
-_JUDGED = re.compile(r"(\w+) (\w+) (\w+) (\w+) at ([0-9.]+),([0-9.]+)")
-
-
 def judged_scene(lines: list[str]) -> Scene:
     """A scene from the judge's `Obj.describe()` strings ("large red rubber cylinder at 0.50,0.50")."""
-    objs = []
-    for line in lines:
-        m = _JUDGED.fullmatch(line)
-        if m is None:
-            raise ValueError(f"cannot read the judged object {line!r}")
-        size, color, material, shape, x, y = m.groups()
-        objs.append(Obj(shape, color, size, material, float(x), float(y)))
-    return Scene(tuple(objs), "free")
+    return Scene(tuple(Obj.parse(line) for line in lines), "free")
 
 
 def outcomes(results: dict) -> dict[str, dict[str, float]]:

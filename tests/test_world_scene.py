@@ -52,3 +52,20 @@ def test_scene_is_frozen_and_hashable():
     assert hash(sc) == hash(Scene((Obj("cube", "red", "small", "metal", 0.5, 0.5),)))
     with pytest.raises(AttributeError):
         sc.layout = "centered"
+
+
+def test_obj_parse_reads_back_describe():
+    for scene in sample_scenes(50, seed=3):
+        for o in scene.objects:
+            back = Obj.parse(o.describe())
+            assert (back.shape, back.color, back.size, back.material) == (o.shape, o.color, o.size, o.material)
+            assert abs(back.x - o.x) <= 0.005 and abs(back.y - o.y) <= 0.005
+    assert Obj.parse("small cyan metal sphere at 0.10,0.90") == Obj("sphere", "cyan", "small", "metal", 0.1, 0.9)
+
+
+@pytest.mark.parametrize("text", ["large red metal cube", "large red metal cube at 0.5", "red metal cube at 0.5,0.5",
+                                  "large red metal cube at x,0.5", "large pink metal cube at 0.50,0.50",
+                                  "large red metal cube near 0.50,0.50"])
+def test_obj_parse_refuses_other_lines(text):
+    with pytest.raises(ValueError, match="object"):
+        Obj.parse(text)

@@ -70,6 +70,20 @@ class Obj:
         """``"large red metal cube at 0.50,0.25"``: one line, as reports and `world render` print it."""
         return f"{self.size} {self.color} {self.material} {self.shape} at {self.x:.2f},{self.y:.2f}"
 
+    @classmethod
+    def parse(cls, text: str) -> "Obj":
+        """The inverse of :meth:`describe` (positions to its 2 decimals): reads the judged objects that
+        eval reports store. A line of another form is a ValueError that quotes it."""
+        words = text.split()
+        if len(words) != 6 or words[4] != "at" or words[5].count(",") != 1:
+            raise ValueError(f"cannot read the object {text!r} (expected e.g. 'large red metal cube at 0.50,0.25')")
+        size, color, material, shape = words[:4]
+        try:
+            x, y = (float(v) for v in words[5].split(","))
+            return cls(shape, color, size, material, x, y)
+        except ValueError as err:
+            raise ValueError(f"cannot read the object {text!r}: {err}") from None
+
 
 @dataclass(frozen=True)
 class Scene:
