@@ -10,10 +10,12 @@ saying so). Prints markdown:
   concept's own text, the 12 worst);
 * with `--hold-out` in the report's spec, for each held-out combination a set asks for, how often
   both halves held, only one, or neither (attributes: the first judged object is the one object);
+* with a split of within-object pairs, how many judged objects show a held-out combination, asked
+  or not, against the rate in the world without the hold-out;
 * attributes: for each missed word, the value of that kind the judge read instead (the most
   common substitutions).
 
-Nothing is sampled; it reads the JSON only.
+Nothing is generated: it reads the JSON (and draws world scenes for the reference rate).
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from compdiff.world import Obj, get_task
+from compdiff.world import Obj, Scene, get_task
 from compdiff.world.holdout import get_split
 
 KINDS = ("size", "color", "material", "shape")
+#: world scenes drawn for the reference rate of held-out combinations (+-0.7 points at 95%)
+WORLD_SCENES = 20000
 
 
 def read_object(text: str) -> dict[str, str]:
@@ -85,6 +89,34 @@ def held_out_pairs(task, split, cell) -> list[str]:
     return lines
 
 
+def world_rate(task, split, n: int | None = None, seed: int = 12345) -> float:
+    """The fraction of objects of the task's world WITHOUT the hold-out (``task.scene``) that show a
+    held-out within-object combination: what a model that ignored the split would draw."""
+    hits = total = 0
+    for i in range(WORLD_SCENES if n is None else n):
+        for o in task.scene(seed, i).objects:
+            hits += bool(split.violations(Scene((o,), "free")))
+            total += 1
+    return hits / total
+
+
+def held_out_drawn(task, split, cell, reference: float) -> list[str]:
+    """How often the judged objects show a held-out within-object combination, asked or not: the
+    split removed them from training, so a model that draws one drew a combination it never saw."""
+    objects = [Obj.parse(line) for judged in cell["judged"] for line in judged]
+    if not objects:
+        return []
+    shown: Counter = Counter()
+    for o in objects:
+        shown.update(split.violations(Scene((o,), "free")))
+    hits = sum(bool(split.violations(Scene((o,), "free"))) for o in objects)
+    lines = [f"judged objects showing a held-out combination: {pct(hits, len(objects))}; "
+             f"in the world without the hold-out, {100 * reference:.1f}% of objects do"]
+    if shown:
+        lines.append("(" + ", ".join(f"{k} {v}" for k, v in shown.most_common()) + ")")
+    return lines
+
+
 def substitutions(task, cell, top: int = 10) -> list[str]:
     """attributes: for each missed word, the value of its kind that the judge read on the object."""
     subs: Counter = Counter()
@@ -114,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     name = res["spec"].get("hold_out")
     split = get_split(task.name, name) if name else None
     wanted = [c for c in args.cells.split(",") if c] or list(res["cells"])
+    reference = None  # world_rate, computed once when a cell needs it
     for key in wanted:
         cell = res["cells"].get(key)
         if cell is None:
@@ -127,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(by_kind(task, cell)) + "\n")
         if split is not None and split.within:
             lines = held_out_pairs(task, split, cell)
+            if lines:
+                print("\n".join(lines) + "\n")
+            if reference is None:
+                reference = world_rate(task, split)
+            lines = held_out_drawn(task, split, cell, reference)
             if lines:
                 print("\n".join(lines) + "\n")
         lines = substitutions(task, cell)

@@ -8,6 +8,7 @@ import pytest
 SPEC = importlib.util.spec_from_file_location("eval_breakdown", Path(__file__).parents[1] / "bench" / "eval_breakdown.py")
 breakdown = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(breakdown)
+breakdown.WORLD_SCENES = 500  # the reference rate is tested on its own, below
 
 
 def write(tmp_path, cells, hold_out="default"):
@@ -139,3 +140,16 @@ def test_regions_diagnose_places_each_concept(tmp_path, capsys):
     res["cells"]["real/K2"]["asked"] = [["a small red metal cube", "a large blue rubber sphere"]] * 4
     with pytest.raises(ValueError, match="differ from the report"):  # sets that are not the report's
         rd.outcomes(res)
+
+
+def test_held_out_combinations_drawn_against_the_world(tmp_path, capsys):
+    assert breakdown.main([write(tmp_path, {"composed/K2": CELL})]) == 0
+    out = capsys.readouterr().out
+    # judged: red rubber cylinder (none), green metal cube (green cube), blue rubber cube (none),
+    # cyan metal cube (cyan metal)
+    assert "judged objects showing a held-out combination: 50.0% (2/4)" in out
+    assert "(green cube 1, cyan metal 1)" in out or "(cyan metal 1, green cube 1)" in out
+    # the reference: colours uniform over 8, shapes over 3, materials over 2; per colour the chance
+    # that its object shows a held-out pair, averaged: (4 x 1/3 + 2 x 2/3 + 2 x 1/2) / 8 = 0.458
+    task, split = breakdown.get_task("attributes"), breakdown.get_split("attributes", "default")
+    assert abs(breakdown.world_rate(task, split, n=4000) - 0.4583) < 0.03
