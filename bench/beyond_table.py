@@ -1,7 +1,7 @@
 """The "Beyond training" table of BENCHMARKS from the reports bench/beyond_training.sh writes.
 
     .venv/bin/python bench/beyond_table.py attributes            # markdown table on stdout
-    .venv/bin/python bench/beyond_table.py attributes --plot docs/beyond_attributes.png
+    .venv/bin/python bench/beyond_table.py attributes --plot docs/beyond_attributes.png --target 80
 
 Rows: every cell of reports/beyond-TASK-{held-out,seen}[-ula] (and reports/beyond-objects[-ula],
 whose sets are all K = 1..5 of split le2), one per (method, sets, K), with accuracy, its Wilson
@@ -60,7 +60,7 @@ def table(rs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rs: list[dict], task: str, out: Path) -> None:
+def plot(rs: list[dict], task: str, out: Path, target: float | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,6 +76,8 @@ def plot(rs: list[dict], task: str, out: Path) -> None:
             acc = [100 * r["acc"] for r in pts]
             err = [[100 * (r["acc"] - r["lo"]) for r in pts], [100 * (r["hi"] - r["acc"]) for r in pts]]
             ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, lw=1.5, label=m, color=colour[m])
+        if target is not None and kind == "held-out":
+            ax.axhline(target, ls=":", color="gray", lw=1, label=f"target: composed {target:g}%")
         title = {"held-out": "combinations held out of training", "seen": "combinations seen in training",
                  "all": "all sets (training scenes had at most 2 objects)"}[kind]
         ax.set(title=f"{task}: {title}", xlabel="K (concepts ANDed)", ylabel="accuracy (%)", ylim=(-3, 103),
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task", choices=["attributes", "relations", "objects"])
     p.add_argument("--reports", default="reports", help="the folder holding the beyond-* reports (default reports)")
     p.add_argument("--plot", metavar="PNG", help="also draw accuracy against K with 95%% intervals")
+    p.add_argument("--target", type=float, metavar="PCT",
+                   help="with --plot: a dotted line at this accuracy on the held-out panel (issue #15: 80)")
     args = p.parse_args(argv)
     rs = rows(args.task, Path(args.reports))
     if not rs:
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(rs))
     if args.plot:
-        plot(rs, args.task, Path(args.plot))
+        plot(rs, args.task, Path(args.plot), args.target)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 

@@ -68,7 +68,7 @@ def test_beyond_table_rows_and_plot(tmp_path, capsys):
         (tmp_path / name).mkdir()
         res = {"spec": {"steps": steps, "corrector_steps": 2}, "cells": {"composed/K2": cell}}
         (tmp_path / name / "results.json").write_text(json.dumps(res))
-    assert bt.main(["attributes", "--reports", str(tmp_path), "--plot", str(tmp_path / "f.png")]) == 0
+    assert bt.main(["attributes", "--reports", str(tmp_path), "--plot", str(tmp_path / "f.png"), "--target", "80"]) == 0
     out = capsys.readouterr().out
     assert "| composed | held-out | 2 | 4 | 25.0% | 4.6–69.9% | 50.0% | 10.0 | 2.0 |" in out  # Wilson of 1/4
     assert "| composed + ULA (25 steps + 2 ULA) | held-out | 2 | 4 | 25.0% |" in out
