@@ -227,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     from compdiff.cli import UsageError
     from compdiff.compose import compose
     from compdiff.expr import parse
-    from compdiff.sampling import generators, get_sampler, randn
+    from compdiff.backends.one_call import seeded_start
+    from compdiff.sampling import get_sampler
 
     if args.seed + args.n - 1 > MAX_SEED:
         raise UsageError(f"--seed {args.seed} with --n {args.n}: image i uses seed + i, which must stay "
@@ -290,9 +291,7 @@ def run(args: argparse.Namespace) -> int:
     tiles = []  # the grid's images, uint8 (at most MAX_GRID)
     for start in range(0, n, args.batch_size):
         b = min(args.batch_size, n - start)
-        gens = generators([seed + start + j for j in range(b)])
-        fn = eps_fn.with_clauses(eps_fn.draw_clauses(b, gens))  # OR: each image draws its clause, from its seed
-        x_T = randn((b, *m.latent_shape), gens, device=device)
+        fn, x_T, gens = seeded_start(eps_fn, m.latent_shape, [seed + start + j for j in range(b)], device)
         tick = lambda info, b=b: bar.update(b / len(ts))  # noqa: E731
         if run_scheduler:
             x0 = run_scheduler.run(fn, x_T, run_scheduler.scheduler, steps, generator=gens, callback=tick, eta=args.eta)
