@@ -51,6 +51,10 @@ def test_unknown_split_is_an_input_error_listing_the_splits():
     with pytest.raises(InputError, match="splits of attributes: default"):
         get_split("attributes", "nope")
     assert {t for t, _ in SPLITS} == {"attributes", "relations", "objects"}
+    with pytest.raises(InputError, match="splits of described: none"):  # a task without splits
+        get_split("described", "default")
+    with pytest.raises(InputError, match="unknown task 'colours'; accepted: objects"):  # not a task at all
+        get_split("colours", "default")
 
 
 @pytest.mark.parametrize("task,name,k", [("attributes", "default", 2), ("attributes", "default", 3),

@@ -141,7 +141,11 @@ SPLITS: dict[tuple[str, str], HoldOut] = {
 
 
 def get_split(task: str, name: str) -> HoldOut:
-    """The split ``name`` of ``task``; InputError listing the task's splits otherwise."""
+    """The split ``name`` of ``task``; InputError listing the task's splits otherwise (or, for a task
+    that does not exist, the tasks)."""
+    from compdiff.world.tasks import get_task
+
+    get_task(task)  # an unknown task is named as one, not as a task without splits
     try:
         return SPLITS[(task, name)]
     except KeyError:
