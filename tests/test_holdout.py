@@ -154,6 +154,30 @@ def test_train_with_a_hold_out_records_it_and_eval_draws_held_out_sets(tmp_path)
     assert spec["sets"] == "held-out" and spec["hold_out"] == "default"
     assert main(["eval", "--task", "attributes", "--sets", "seen", "--components", "2", "--n", "2",
                  "--out", str(tmp_path / "rep2")]) == 2  # the shipped model has no split: --hold-out needed
+    # a K that has no such sets is refused at once, naming why, and nothing is written
+    assert main(["eval", "--task", "attributes", "--model", str(run / "model"), "--sets", "held-out",
+                 "--components", "1,2", "--n", "2", "--out", str(tmp_path / "rep3")]) == 2
+    assert not (tmp_path / "rep3").exists()
+
+
+@pytest.mark.parametrize("task,name,sets,possible,impossible", [
+    ("attributes", "default", "held-out", [2, 3], [1]),  # a held-out pair of one object: two values
+    ("attributes", "default", "seen", [1, 2, 3], []),
+    ("relations", "default", "held-out", [1, 2, 3], []),  # one relation can ask a held-out color pair
+    ("relations", "default", "seen", [1, 2, 3], []),
+    ("objects", "le2", "held-out", [3, 4, 5], [1, 2]),  # beyond training by their number of positions
+    ("objects", "le2", "seen", [1, 2], [3, 4, 5]),
+])
+def test_why_no_sets_agrees_with_drawing_them(task, name, sets, possible, impossible):
+    split, t = get_split(task, name), get_task(task)
+    for k in possible:
+        assert split.why_no_sets(k, sets) is None
+        assert len(concept_sets(t, k, 2, sets=sets, split=split)) == 2
+    for k in impossible:
+        assert "K" in split.why_no_sets(k, sets)
+    for k in impossible[:1]:  # drawing finds none (each such K costs thousands of draws)
+        with pytest.raises(InputError, match="has \\(almost\\) none"):
+            concept_sets(t, k, 1, sets=sets, split=split)
 
 
 def test_world_cli_prints_splits_and_renders_the_held_out_world(tmp_path, capsys):

@@ -193,6 +193,12 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
     for name, m in methods.items():
         if m.regions:
             check_regions(task, name)
+    split = get_split(task.name, spec.hold_out) if spec.hold_out else None
+    if split is not None and spec.sets != "all":  # before anything is written
+        for k in spec.components:
+            why = split.why_no_sets(k, spec.sets)
+            if why:
+                raise InputError(f"--sets {spec.sets} --components {k}: {why}")
     shard = shard_of_this_process()
     main = shard[0] == 0
     out = Path(out)
@@ -227,7 +233,6 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         names = [name for kk, name in todo if kk == k]
         if not names:
             continue
-        split = get_split(task.name, spec.hold_out) if spec.hold_out else None
         sets = concept_sets(task, k, spec.n, spec.seed, spec.negate, spec.sets, split)
         real = _render([s.scene for s in sets], resolution)
         other = _render([s.scene for s in concept_sets(task, k, spec.n, spec.seed + 1, spec.negate, spec.sets, split)],

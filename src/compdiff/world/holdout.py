@@ -105,6 +105,25 @@ class HoldOut:
             found.append(f"{len(concepts)} objects")
         return found
 
+    def why_no_sets(self, k: int, sets: str) -> str | None:
+        """Why no set of k concepts can be ``sets`` ("seen" / "held-out") under this split, in words;
+        None where some can. Decided from the split's form alone (no drawing): a held-out pair of
+        one object needs two concepts, a relation can ask for a held-out color pair by itself, and
+        a set of more positions than training scenes held is held-out by its size."""
+        if sets == "held-out":
+            if self.across or (self.within and k >= 2) or (self.max_objects is not None and k > self.max_objects):
+                return None
+            needs = []
+            if self.within:
+                needs.append("a held-out pair of one object's values, so K >= 2")
+            if self.max_objects is not None:
+                needs.append(f"more positions than training scenes held, so K >= {self.max_objects + 1}")
+            return f"a held-out set of the split {self.name!r} asks for " + " or ".join(needs)
+        if sets == "seen" and self.max_objects is not None and k > self.max_objects:
+            return (f"every set of K > {self.max_objects} is held-out under the split {self.name!r} (training "
+                    f"scenes held at most {self.max_objects} objects)")
+        return None
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task, "name": self.name, "description": self.description}
         if self.within:
