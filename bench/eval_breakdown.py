@@ -63,6 +63,7 @@ def by_kind(task, cell, top: int = 12) -> list[str]:
 def held_out_pairs(task, split, cell) -> list[str]:
     """Each held-out within-object pair asked: both halves held / only the first / only the second / neither."""
     tally: dict[str, Counter] = defaultdict(Counter)
+    by_kinds: dict[str, Counter] = defaultdict(Counter)  # "all color,shape pairs", ...
     for asked, judged in zip(cell["asked"], cell["judged"]):
         concepts = [task.parse(t) for t in asked]
         obj = read_object(judged[0]) if judged else {}
@@ -73,6 +74,7 @@ def held_out_pairs(task, split, cell) -> list[str]:
                 continue
             a, b = obj.get(k1) == words[k1], obj.get(k2) == words[k2]
             tally[f"{words[k1]} {words[k2]}"][(a, b)] += 1
+            by_kinds[f"all {kinds} pairs"][(a, b)] += 1
     if not tally:
         return []
     lines = ["| held-out pair | asked | both | only the first | only the second | neither |", "|---|---|---|---|---|---|"]
@@ -80,6 +82,11 @@ def held_out_pairs(task, split, cell) -> list[str]:
         n = sum(c.values())
         lines.append(f"| {pair} | {n} | " + " | ".join(pct(c[key], n) for key in
                                                       ((True, True), (True, False), (False, True), (False, False))) + " |")
+    if len(by_kinds) > 1:
+        for name, c in sorted(by_kinds.items()):
+            n = sum(c.values())
+            lines.append(f"| {name} | {n} | " + " | ".join(pct(c[key], n) for key in
+                                                          ((True, True), (True, False), (False, True), (False, False))) + " |")
     total = Counter()
     for c in tally.values():
         total.update(c)

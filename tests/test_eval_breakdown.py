@@ -38,6 +38,9 @@ def test_tables_count_what_was_asked_and_drawn(tmp_path, capsys):
     assert "| gray cube | 1 | 0.0% (0/1) | 0.0% (0/1) | 100.0% (1/1) | 0.0% (0/1) |" in out
     assert "| red metal | 1 | 0.0% (0/1) | 0.0% (0/1) | 0.0% (0/1) | 100.0% (1/1) |" in out
     assert "| all | 4 | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) |" in out
+    # by kind of pair: red sphere, green cube, gray cube are (color, shape); red metal is (color, material)
+    assert "| all color,shape pairs | 3 | 33.3% (1/3) | 33.3% (1/3) | 33.3% (1/3) | 0.0% (0/3) |" in out
+    assert "| all color,material pairs | 1 | 0.0% (0/1) | 0.0% (0/1) | 0.0% (0/1) | 100.0% (1/1) |" in out
     assert "| sphere | cylinder | 1 |" in out and "| gray | cyan | 1 |" in out and "| metal | rubber | 1 |" in out
     # a concept that held is never listed as a substitution
     assert "| green |" not in out.split("drawn instead")[1]
