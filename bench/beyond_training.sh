@@ -56,3 +56,10 @@ for sets in held-out seen; do
   "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --components "$ks" --sets "$sets" --methods composed \
     --out "reports/beyond-$task-$sets-ula"
 done
+# the guidance scale, applied to both methods, on the first held-out K
+k=${held%%,*}
+common_g=(--task "$task" --n 256 --hold-out "$split" --model "$model" --no-progress)
+for g in 9 5; do
+  "$py" -m compdiff eval "${common_g[@]}" --guidance-scale "$g" "${ddpm50[@]}" --components "$k" --sets held-out \
+    --methods composed,joint --joint-model "$joint" --out "reports/beyond-$task-held-out-g$g"
+done
