@@ -45,7 +45,8 @@ case "$task" in
   *) echo "bench/beyond_training.sh: unknown task $task (attributes, objects, relations)" >&2; exit 2 ;;
 esac
 model=runs/${task}32x-ho/model joint=runs/${task}32x-ho-joint/model
-common=(--task "$task" --n 256 --guidance-scale 3 --hold-out "$split" --model "$model" --no-progress)
+common_g=(--task "$task" --n 256 --hold-out "$split" --model "$model" --no-progress)  # all but the guidance
+common=("${common_g[@]}" --guidance-scale 3)
 for sets in held-out seen; do
   ks=$held; [ "$sets" = seen ] && ks=1,2,3
   "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --components "$ks" --sets "$sets" --methods composed,joint \
@@ -58,7 +59,6 @@ for sets in held-out seen; do
 done
 # the guidance scale, applied to both methods, on the first held-out K
 k=${held%%,*}
-common_g=(--task "$task" --n 256 --hold-out "$split" --model "$model" --no-progress)
 for g in 9 5; do
   "$py" -m compdiff eval "${common_g[@]}" --guidance-scale "$g" "${ddpm50[@]}" --components "$k" --sets held-out \
     --methods composed,joint --joint-model "$joint" --out "reports/beyond-$task-held-out-g$g"

@@ -29,6 +29,8 @@ from compdiff.world import Obj, Scene, get_task
 from compdiff.world.holdout import get_split
 
 KINDS = ("size", "color", "material", "shape")
+#: both halves held / only the first / only the second / neither, as (first held, second held)
+OUTCOMES = ((True, True), (True, False), (False, True), (False, False))
 #: world scenes drawn for the reference rate of held-out combinations (+-0.7 points at 95%)
 WORLD_SCENES = 20000
 
@@ -77,23 +79,13 @@ def held_out_pairs(task, split, cell) -> list[str]:
             by_kinds[f"all {kinds} pairs"][(a, b)] += 1
     if not tally:
         return []
-    lines = ["| held-out pair | asked | both | only the first | only the second | neither |", "|---|---|---|---|---|---|"]
-    for pair, c in sorted(tally.items()):
-        n = sum(c.values())
-        lines.append(f"| {pair} | {n} | " + " | ".join(pct(c[key], n) for key in
-                                                      ((True, True), (True, False), (False, True), (False, False))) + " |")
-    if len(by_kinds) > 1:
-        for name, c in sorted(by_kinds.items()):
-            n = sum(c.values())
-            lines.append(f"| {name} | {n} | " + " | ".join(pct(c[key], n) for key in
-                                                          ((True, True), (True, False), (False, True), (False, False))) + " |")
-    total = Counter()
+    total: Counter = Counter()
     for c in tally.values():
         total.update(c)
-    n = sum(total.values())
-    lines.append(f"| all | {n} | " + " | ".join(pct(total[key], n) for key in
-                                               ((True, True), (True, False), (False, True), (False, False))) + " |")
-    return lines
+    rows = sorted(tally.items()) + (sorted(by_kinds.items()) if len(by_kinds) > 1 else []) + [("all", total)]
+    return ["| held-out pair | asked | both | only the first | only the second | neither |", "|---|---|---|---|---|---|"] + [
+        f"| {name} | {sum(c.values())} | " + " | ".join(pct(c[key], sum(c.values())) for key in OUTCOMES) + " |"
+        for name, c in rows]
 
 
 def world_rate(task, split, n: int | None = None, seed: int = 12345) -> float:
@@ -113,10 +105,9 @@ def held_out_drawn(task, split, cell, reference: float) -> list[str]:
     objects = [Obj.parse(line) for judged in cell["judged"] for line in judged]
     if not objects:
         return []
-    shown: Counter = Counter()
-    for o in objects:
-        shown.update(split.violations(Scene((o,), "free")))
-    hits = sum(bool(split.violations(Scene((o,), "free"))) for o in objects)
+    found = [split.violations(Scene((o,), "free")) for o in objects]
+    shown = Counter(v for f in found for v in f)
+    hits = sum(bool(f) for f in found)
     lines = [f"judged objects showing a held-out combination: {pct(hits, len(objects))}; "
              f"in the world without the hold-out, {100 * reference:.1f}% of objects do"]
     if shown:
