@@ -76,6 +76,9 @@ def plot(rs: list[dict], task: str, out: Path, target: float | None = None) -> N
             acc = [100 * r["acc"] for r in pts]
             err = [[100 * (r["acc"] - r["lo"]) for r in pts], [100 * (r["hi"] - r["acc"]) for r in pts]]
             ax.errorbar(ks, acc, yerr=err, marker="o", capsize=3, lw=1.5, label=m, color=colour[m])
+        if kind == "all":  # objects le2: training scenes had at most 2 objects
+            ax.axvspan(2.5, max(r["k"] for r in rs) + 0.5, color="gray", alpha=0.12, lw=0,
+                       label="K beyond training")
         if target is not None and kind == "held-out":
             ax.axhline(target, ls=":", color="gray", lw=1, label=f"target: composed {target:g}%")
         title = {"held-out": "combinations held out of training", "seen": "combinations seen in training",

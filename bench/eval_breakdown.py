@@ -13,7 +13,9 @@ saying so). Prints markdown:
 * with a split of within-object pairs, how many judged objects show a held-out combination, asked
   or not, against the rate in the world without the hold-out;
 * attributes: for each missed word, the value of that kind the judge read instead (the most
-  common substitutions).
+  common substitutions);
+* objects (one concept = one object): how many objects each image holds against the K asked
+  (fewer, exactly K, more), and the histogram of counts.
 
 Nothing is generated: it reads the JSON (and draws world scenes for the reference rate).
 """
@@ -130,6 +132,26 @@ def substitutions(task, cell, top: int = 10) -> list[str]:
             + [f"| {a} | {b} | {n} |" for (a, b), n in subs.most_common(top)])
 
 
+def object_counts(cell, top: int = 6) -> list[str]:
+    """objects: how many objects the judge found per image, against the K positions asked."""
+    counts = Counter()
+    versus = Counter()
+    for asked, judged in zip(cell["asked"], cell["judged"]):
+        n, k = len(judged), len(asked)
+        counts[min(n, top)] += 1
+        versus[(n > k) - (n < k)] += 1
+    total = sum(counts.values())
+    if not total:
+        return []
+    head = " | ".join(str(n) if n < top else f"{top}+" for n in range(top + 1))
+    return [f"objects per image: fewer than K {pct(versus[-1], total)}, exactly K {pct(versus[0], total)}, "
+            f"more than K {pct(versus[1], total)}",
+            "",
+            f"| objects drawn | {head} |",
+            "|---|" + "---|" * (top + 1),
+            "| images | " + " | ".join(str(counts[n]) for n in range(top + 1)) + " |"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("report", help="an eval --out folder (with results.json)")
@@ -165,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = held_out_drawn(task, split, cell, reference)
             if lines:
                 print("\n".join(lines) + "\n")
-        lines = substitutions(task, cell)
+        lines = substitutions(task, cell) + (object_counts(cell) if task.name == "objects" else [])
         if lines:
             print("\n".join(lines) + "\n")
     return 0

@@ -156,3 +156,15 @@ def test_held_out_combinations_drawn_against_the_world(tmp_path, capsys):
     # that its object shows a held-out pair, averaged: (4 x 1/3 + 2 x 2/3 + 2 x 1/2) / 8 = 0.458
     task, split = breakdown.get_task("attributes"), breakdown.get_split("attributes", "default")
     assert abs(breakdown.world_rate(task, split, n=4000) - 0.4583) < 0.03
+
+
+def test_objects_counts_against_k(tmp_path, capsys):
+    asked = [["0.25,0.25", "0.75,0.75", "0.25,0.75"]] * 4
+    judged = [[f"large red metal cube at 0.{i}0,0.50" for i in range(n)] for n in (1, 2, 3, 7)]
+    cell = {"accuracy": 0.25, "asked": asked, "concept_success": [[True] * 3] * 4, "judged": judged}
+    (tmp_path / "results.json").write_text(json.dumps({"spec": {"task": "objects"}, "cells": {"composed/K3": cell}}))
+    assert breakdown.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fewer than K 50.0% (2/4), exactly K 25.0% (1/4), more than K 25.0% (1/4)" in out
+    assert "| objects drawn | 0 | 1 | 2 | 3 | 4 | 5 | 6+ |" in out
+    assert "| images | 0 | 1 | 1 | 1 | 0 | 0 | 1 |" in out  # 7 objects count as 6+
