@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # "Beyond training" (issue #15): composed vs joint on combinations never seen in training.
-# Usage: bench/beyond_training.sh [attributes|objects|relations]   (resumable: re-run the same command;
+# Usage: bench/beyond_training.sh [attributes|objects|objects-ula|relations]   (resumable: re-run the same command;
 # finished cells are kept, so the order below is the order of the work)
 # Trains nothing; first train the models of the task at equal compute (same network, steps, batch
 # and width; the joint baseline reads the set as tokens through the same cross-attention):
@@ -8,11 +8,14 @@
 #     STEPS=1500 NAME=attributes32x-ho bench/train_shipped.sh attributes --cross-attention --hold-out default
 #     STEPS=1500 NAME=attributes32x-ho-joint bench/train_shipped.sh attributes --cross-attention --hold-out default \
 #         --joint --joint-subsets
-#   objects (split le2: scenes of at most 2 objects; positions as tokens, no bump map), and the
-#   bump-map joint of the earlier tables as the labelled oracle-layout row:
-#     STEPS=1500 NAME=objects32x-le2 bench/train_shipped.sh objects --cross-attention --no-spatial --hold-out le2
-#     STEPS=1500 NAME=objects32x-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
-#         --hold-out le2 --joint --joint-subsets
+#   objects (split le2: scenes of at most 2 objects; positions as tokens, no bump map, and input
+#   channels saying where each pixel is, the same for every image; without them neither model
+#   learns where to draw: the composed one held 27% of single positions, reports/beyond-objects-nocoords),
+#   and the bump-map joint of the earlier tables as the labelled oracle-layout row:
+#     STEPS=1500 NAME=objects32xc-le2 bench/train_shipped.sh objects --cross-attention --no-spatial \
+#         --pixel-coords --hold-out le2
+#     STEPS=1500 NAME=objects32xc-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
+#         --pixel-coords --hold-out le2 --joint --joint-subsets
 #     STEPS=1500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
 #   relations (split default: 7 of the 28 color pairs never in one scene):
 #     STEPS=5000 NAME=relations32x-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
@@ -34,15 +37,19 @@ ula=(--sampler ddpm --steps 25 --correct ula --corrector-steps 2)   # the same m
 case "$task" in
   attributes) split=default held=2,3 ;;   # a held-out set asks for a held-out pair: K >= 2
   relations) split=default held=1,2,3 ;;  # one relation can ask for a held-out color pair
-  objects)   # K = 1..5 over all sets: K <= 2 as in training, K >= 3 beyond it
-    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model runs/objects32x-le2/model
+  objects|objects-ula)   # K = 1..5 over all sets: K <= 2 as in training, K >= 3 beyond it
+    # objects-ula (composed + ULA) is its own report: run it beside `objects` on another core
+    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model runs/objects32xc-le2/model
             --no-progress --components 1,2,3,4,5)
-    "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods composed,joint,joint-oracle \
-      --joint-model runs/objects32x-le2-joint/model --oracle-joint-model runs/objects32-le2-oracle/model \
-      --out reports/beyond-objects
-    "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --methods composed --out reports/beyond-objects-ula
+    if [ "$task" = objects ]; then
+      "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods composed,joint,joint-oracle \
+        --joint-model runs/objects32xc-le2-joint/model --oracle-joint-model runs/objects32-le2-oracle/model \
+        --out reports/beyond-objects
+    else
+      "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --methods composed --out reports/beyond-objects-ula
+    fi
     exit 0 ;;
-  *) echo "bench/beyond_training.sh: unknown task $task (attributes, objects, relations)" >&2; exit 2 ;;
+  *) echo "bench/beyond_training.sh: unknown task $task (attributes, objects, objects-ula, relations)" >&2; exit 2 ;;
 esac
 model=runs/${task}32x-ho/model joint=runs/${task}32x-ho-joint/model
 common_g=(--task "$task" --n 256 --hold-out "$split" --model "$model" --no-progress)  # all but the guidance

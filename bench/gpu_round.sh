@@ -51,8 +51,8 @@ jobs_=("relations32 relations --attention" "relations32-joint relations --attent
        # "Beyond training" (#15; bench/beyond_training.sh): held-out splits, the joint on the same token path
        "attributes32x-ho attributes --cross-attention --hold-out default"
        "attributes32x-ho-joint attributes --cross-attention --hold-out default --joint --joint-subsets"
-       "objects32x-le2 objects --cross-attention --no-spatial --hold-out le2"
-       "objects32x-le2-joint objects --cross-attention --no-spatial --hold-out le2 --joint --joint-subsets"
+       "objects32xc-le2 objects --cross-attention --no-spatial --pixel-coords --hold-out le2"
+       "objects32xc-le2-joint objects --cross-attention --no-spatial --pixel-coords --hold-out le2 --joint --joint-subsets"
        "objects32-le2-oracle objects --hold-out le2 --joint --joint-subsets"
        "relations32x-ho relations --cross-attention --max-objects 3 --hold-out default"
        "relations32x-ho-joint relations --cross-attention --max-objects 3 --hold-out default --joint --joint-subsets"

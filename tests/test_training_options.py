@@ -128,3 +128,41 @@ def test_bad_knobs_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
     assert main(["train", *TINY, *extra, "--out", str(out)]) == 2
     assert needle in capsys.readouterr().err and not out.exists()
+
+
+def test_pixel_coords_say_where_each_pixel_is():
+    from compdiff.nn.conditioning import COORD_FREQS, coord_channels, n_coord_channels
+
+    g = coord_channels(8)
+    assert g.shape == (1, n_coord_channels(), 8, 8) == (1, 2 + 4 * len(COORD_FREQS), 8, 8)
+    # channel 0 is x (across, the column), channel 1 is y (down, the row), at pixel centres in [0, 1]
+    assert torch.allclose(g[0, 0, 3], (torch.arange(8) + 0.5) / 8) and torch.allclose(g[0, 1, :, 5], (torch.arange(8) + 0.5) / 8)
+    assert torch.allclose(g[0, 2, 0, 2], torch.sin(torch.tensor(2.5 / 8 * torch.pi)))  # sin(pi x) at column 2
+    # every pixel has its own code: no two positions collide
+    codes = g[0].flatten(1).T
+    assert torch.cdist(codes, codes).add(torch.eye(64) * 10).min() > 0.05
+
+
+def test_pixel_coords_reach_the_network_and_the_saved_model(tmp_path):
+    spec = get_task("objects").condition_spec()
+    cfg = ModelConfig(task="objects", resolution=16, channels=(16, 32), layers_per_block=1, spatial=False,
+                      cross_attention=True, pixel_coords=True, **spec)
+    net = ConditionalUNet(cfg).eval()
+    assert net.unet.config.in_channels == 3 + 18 and cfg.in_channels == 21
+    assert ConditionalUNet(ModelConfig(task="objects", resolution=16, channels=(16, 32), **spec)).unet.config.in_channels == 4
+    # the same image and condition, different position token: the coordinates let the output depend on it
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        y = net(x, t, torch.tensor([[0.2, 0.3, 1.0]]))
+    assert y.shape == (1, 3, 16, 16)
+    out = tmp_path / "run"
+    assert main(["train", "--task", "objects", "--resolution", "16", "--channels", "16,32", "--layers-per-block", "1",
+                 "--batch-size", "2", "--precision", "fp32", "--steps", "2", "--warmup", "1", "--no-progress",
+                 "--no-spatial", "--cross-attention", "--pixel-coords", "--out", str(out)]) == 0
+    meta = json.loads((out / "model" / "compdiff.json").read_text())
+    assert meta["model"]["pixel_coords"] is True
+    m = load_model(out / "model")
+    assert m.denoiser.net.cfg.pixel_coords and m.denoiser.net.unet.config.in_channels == 21
+    img = tmp_path / "s.png"
+    assert main(["sample", "--model", str(out / "model"), "0.3,0.6", "--n", "1", "--steps", "2",
+                 "--out", str(img)]) == 0

@@ -64,6 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention-levels", type=int_in(1, 6), default=1,
                    help="with --cross-attention: attention at the lowest this many resolutions, 1..the number of "
                    "--channels (default 1: 8x8 for 32x32 images; 2 adds 16x16)")
+    p.add_argument("--pixel-coords", action="store_true",
+                   help="give the network input channels that say where each pixel is (x, y and their Fourier "
+                   "features, the same for every image), so that a position read as a token (objects "
+                   "--no-spatial --cross-attention) can be matched to the place it names")
     p.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon",
                    help="what the network learns to output: epsilon (the noise, default) or v (Salimans & Ho "
                    "2022); sampling always works on epsilon")
@@ -142,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                       max_objects=args.max_objects, data_workers=args.data_workers, hold_out=args.hold_out,
                       joint_subsets=args.joint_subsets, scenes=args.scenes or _default_scenes(args),
                       prediction="v_prediction" if args.prediction == "v" else "epsilon",
-                      loss_weighting=args.loss_weighting, attention_levels=args.attention_levels)
+                      loss_weighting=args.loss_weighting, attention_levels=args.attention_levels,
+                      pixel_coords=args.pixel_coords)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

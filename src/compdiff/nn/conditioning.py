@@ -19,6 +19,29 @@ def fourier(xy: Tensor, freqs: Tensor) -> Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1)
 
 
+#: frequencies (times pi) of the pixel-coordinate channels: periods 2, 1, 1/2 and 1/4 of the image
+COORD_FREQS = (1.0, 2.0, 4.0, 8.0)
+
+
+def coord_channels(resolution: int, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str | None = None) -> Tensor:
+    """(1, 2 + 4F, R, R): where each pixel is, the same for every image and every condition. Channels:
+    x and y of the pixel centre in [0, 1] (the positions' own frame: x across, y down), then sin and
+    cos of each times each frequency in COORD_FREQS. A convolutional network cannot tell where it is
+    in the image except near the borders (Liu et al. 2018, "CoordConv"); with these a position token
+    can be matched to the pixels it names, as the patch position embeddings of DiT, SD3 and Flux do."""
+    c = (torch.arange(resolution, dtype=torch.float32, device=device) + 0.5) / resolution
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    xy = torch.stack([x, y])  # (2, R, R)
+    freqs = torch.tensor(COORD_FREQS, device=device) * math.pi
+    ang = xy[:, None] * freqs[None, :, None, None]  # (2, F, R, R)
+    return torch.cat([xy, ang.sin().flatten(0, 1), ang.cos().flatten(0, 1)])[None].to(dtype)
+
+
+def n_coord_channels() -> int:
+    return 2 + 4 * len(COORD_FREQS)
+
+
 class PositionEmbedding(nn.Module):
     """Rows [x, y, flag] (B, 3) -> (B, dim): Fourier features of (x, y) through an MLP;
     flag 0 (the null row) gives the learned null embedding."""

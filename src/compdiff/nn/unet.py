@@ -11,6 +11,10 @@ object it draws. The backbone is then diffusers' UNet2DConditionModel, with self
 cross-attention at the lowest resolution (and in the middle block). With ``joint`` the tokens
 of all the set's rows are read side by side, as a text model reads a sentence.
 
+``pixel_coords=True`` appends fixed channels that say where each pixel is (x, y and their Fourier
+features), the same for every image: without them a position read as a token has nothing in the
+image to be matched against (BENCHMARKS, "Beyond training", objects).
+
 The network knows nothing of noise schedules; it maps (x_t, t, cond) to eps, or to v when
 ``prediction="v_prediction"`` (``compdiff.models.InferenceDenoiser`` turns v into eps with the
 model's schedule, so samplers and composition always see eps).
@@ -23,7 +27,8 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import Tensor, nn
 
-from compdiff.nn.conditioning import build_embedding, build_token_sequence, position_bump, set_bump
+from compdiff.nn.conditioning import (build_embedding, build_token_sequence, coord_channels, n_coord_channels,
+                                      position_bump, set_bump)
 
 #: what a world network may output (the schedule turns either into eps)
 PREDICTIONS = ("epsilon", "v_prediction")
@@ -48,6 +53,7 @@ class ModelConfig:
     token_groups: tuple[tuple[int, ...], ...] = ()  # slots summed into each token (empty: one per slot)
     attention_levels: int = 1  # cross_attention: at the lowest this many resolutions (1: 8x8 for 32x32)
     prediction: str = "epsilon"  # what the network outputs: "epsilon" or "v_prediction" (samplers get eps)
+    pixel_coords: bool = False  # input channels saying where each pixel is (conditioning.coord_channels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +80,11 @@ class ModelConfig:
     def uses_bump(self) -> bool:
         return self.cond_kind == "position" and self.spatial
 
+    @property
+    def in_channels(self) -> int:
+        """The image, the bump channel if any, the pixel coordinates if any."""
+        return 3 + int(self.uses_bump) + (n_coord_channels() if self.pixel_coords else 0)
+
 
 def build_unet(cfg: ModelConfig) -> UNet2DModel | UNet2DConditionModel:
     n = len(cfg.channels)
@@ -85,7 +96,7 @@ def build_unet(cfg: ModelConfig) -> UNet2DModel | UNet2DConditionModel:
         down = ["DownBlock2D"] * (n - levels) + ["CrossAttnDownBlock2D"] * levels
         up = [b.replace("Down", "Up") for b in reversed(down)]
         return UNet2DConditionModel(
-            sample_size=cfg.resolution, in_channels=3 + int(cfg.uses_bump), out_channels=3,
+            sample_size=cfg.resolution, in_channels=cfg.in_channels, out_channels=3,
             block_out_channels=cfg.channels, layers_per_block=cfg.layers_per_block,
             down_block_types=tuple(down), up_block_types=tuple(up),
             mid_block_type="UNetMidBlock2DCrossAttn", class_embed_type="identity",
@@ -97,7 +108,7 @@ def build_unet(cfg: ModelConfig) -> UNet2DModel | UNet2DConditionModel:
     if cfg.attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=cfg.resolution, in_channels=3 + int(cfg.uses_bump), out_channels=3,
+        sample_size=cfg.resolution, in_channels=cfg.in_channels, out_channels=3,
         block_out_channels=cfg.channels, layers_per_block=cfg.layers_per_block,
         down_block_types=tuple(down), up_block_types=tuple(up), class_embed_type="identity",
         norm_num_groups=cfg.norm_groups, attention_head_dim=8,
@@ -120,6 +131,9 @@ class ConditionalUNet(nn.Module):
         if self.cfg.uses_bump:
             bump = (set_bump if self.cfg.joint else position_bump)(cond, x.shape[-1], self.cfg.bump_sigma)
             x = torch.cat([x, bump.to(x.dtype)], dim=1)
+        if self.cfg.pixel_coords:
+            grid = coord_channels(x.shape[-1], x.dtype, x.device)
+            x = torch.cat([x, grid.expand(x.shape[0], -1, -1, -1)], dim=1)
         if self.cond_tokens is None:
             return self.unet(x, t, class_labels=self.cond_embed(cond)).sample
         tokens = self.cond_tokens(cond)

@@ -90,13 +90,14 @@ class TrainConfig:
     prediction: str = "epsilon"  # the network's output: "epsilon" or "v_prediction"
     loss_weighting: str = "none"  # "none" | "min-snr" (training/loss.py)
     attention_levels: int = 1  # cross_attention at the lowest this many resolutions
+    pixel_coords: bool = False  # input channels saying where each pixel is (nn.conditioning.coord_channels)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
                            channels=tuple(self.channels), layers_per_block=self.layers_per_block,
                            attention=self.attention, joint=self.joint,
                            cross_attention=self.cross_attention, attention_levels=self.attention_levels,
-                           prediction=self.prediction, **get_task(self.task).condition_spec())
+                           prediction=self.prediction, pixel_coords=self.pixel_coords, **get_task(self.task).condition_spec())
 
     def validate(self) -> None:
         """Every setting in range, and the model buildable: InputError naming the flag, before any file is written."""
