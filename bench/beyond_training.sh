@@ -8,14 +8,15 @@
 #     STEPS=1500 NAME=attributes32x-ho bench/train_shipped.sh attributes --cross-attention --hold-out default
 #     STEPS=1500 NAME=attributes32x-ho-joint bench/train_shipped.sh attributes --cross-attention --hold-out default \
 #         --joint --joint-subsets
-#   objects (split le2: scenes of at most 2 objects; positions as tokens, no bump map, and input
-#   channels saying where each pixel is, the same for every image; without them neither model
-#   learns where to draw: the composed one held 27% of single positions, reports/beyond-objects-nocoords),
-#   and the bump-map joint of the earlier tables as the labelled oracle-layout row:
-#     STEPS=1500 NAME=objects32xc-le2 bench/train_shipped.sh objects --cross-attention --no-spatial \
-#         --pixel-coords --hold-out le2
-#     STEPS=1500 NAME=objects32xc-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
-#         --pixel-coords --hold-out le2 --joint --joint-subsets
+#   objects (split le2: scenes of at most 2 objects; positions as tokens, no bump map; input channels
+#   saying where each pixel is, the same for every image, and a sink token before the position's, so
+#   that attention can weigh a single token more in one place than in another: without them the
+#   composed model held 27% of single positions; BENCHMARKS, "Beyond training", objects), and the
+#   bump-map joint of the earlier tables as the labelled oracle-layout row:
+#     STEPS=1500 NAME=objects32xcs-le2 bench/train_shipped.sh objects --cross-attention --no-spatial \
+#         --pixel-coords --token-sink --hold-out le2
+#     STEPS=1500 NAME=objects32xcs-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
+#         --pixel-coords --token-sink --hold-out le2 --joint --joint-subsets
 #     STEPS=1500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
 #   relations (split default: 7 of the 28 color pairs never in one scene):
 #     STEPS=5000 NAME=relations32x-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
@@ -39,11 +40,11 @@ case "$task" in
   relations) split=default held=1,2,3 ;;  # one relation can ask for a held-out color pair
   objects|objects-ula)   # K = 1..5 over all sets: K <= 2 as in training, K >= 3 beyond it
     # objects-ula (composed + ULA) is its own report: run it beside `objects` on another core
-    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model runs/objects32xc-le2/model
+    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model runs/objects32xcs-le2/model
             --no-progress --components 1,2,3,4,5)
     if [ "$task" = objects ]; then
       "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods composed,joint,joint-oracle \
-        --joint-model runs/objects32xc-le2-joint/model --oracle-joint-model runs/objects32-le2-oracle/model \
+        --joint-model runs/objects32xcs-le2-joint/model --oracle-joint-model runs/objects32-le2-oracle/model \
         --out reports/beyond-objects
     else
       "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --methods composed --out reports/beyond-objects-ula

@@ -51,15 +51,17 @@ jobs_=("relations32 relations --attention" "relations32-joint relations --attent
        # "Beyond training" (#15; bench/beyond_training.sh): held-out splits, the joint on the same token path
        "attributes32x-ho attributes --cross-attention --hold-out default"
        "attributes32x-ho-joint attributes --cross-attention --hold-out default --joint --joint-subsets"
-       "objects32xc-le2 objects --cross-attention --no-spatial --pixel-coords --hold-out le2"
-       "objects32xc-le2-joint objects --cross-attention --no-spatial --pixel-coords --hold-out le2 --joint --joint-subsets"
+       "objects32xcs-le2 objects --cross-attention --no-spatial --pixel-coords --token-sink --hold-out le2"
+       "objects32xcs-le2-joint objects --cross-attention --no-spatial --pixel-coords --token-sink --hold-out le2 --joint --joint-subsets"
        "objects32-le2-oracle objects --hold-out le2 --joint --joint-subsets"
        "relations32x-ho relations --cross-attention --max-objects 3 --hold-out default"
        "relations32x-ho-joint relations --cross-attention --max-objects 3 --hold-out default --joint --joint-subsets"
        # the relations ablation (#14; bench/relations_ablation.sh): one change each from relations32x
        "relations32x-levels2 relations --cross-attention --max-objects 3 --attention-levels 2"
        "relations32x-v relations --cross-attention --max-objects 3 --prediction v"
-       "relations32x-minsnr relations --cross-attention --max-objects 3 --loss-weighting min-snr")
+       "relations32x-minsnr relations --cross-attention --max-objects 3 --loss-weighting min-snr"
+       "relations32x-coords relations --cross-attention --max-objects 3 --pixel-coords"
+       "relations32x-sink relations --cross-attention --max-objects 3 --token-sink")
 JOBS=${JOBS:-relations32 relations32-joint attributes32 attributes32-joint objects32-le2 objects32-joint-le2}
 keep=(); for j in "${jobs_[@]}"; do set -- $j; [[ " $JOBS " == *" $1 "* ]] && keep+=("$j"); done; jobs_=("${keep[@]}")
 launch() {  # launch STEPS TIMEOUT: all jobs in parallel, wait for all

@@ -16,6 +16,8 @@
 #   v        --prediction v
 #   minsnr   --loss-weighting min-snr
 #   wide     --channels 48,96,96
+#   coords   --pixel-coords: input channels saying where each pixel is
+#   sink     --token-sink: a learned token before the relation's three, so attention can ignore them somewhere
 # A variant costs more or less per step than base (levels2 and wide more); the table gives each
 # one's measured training images/s beside its accuracy, so equal images can be read as unequal time.
 set -euo pipefail
@@ -30,8 +32,10 @@ declare -A flags=(
   [v]="--prediction v"
   [minsnr]="--loss-weighting min-snr"
   [wide]="--channels 48,96,96"
+  [coords]="--pixel-coords"
+  [sink]="--token-sink"
 )
-order=(base levels2 v minsnr wide)
+order=(base levels2 v minsnr wide coords sink)
 
 if [ "${1:-}" = "--table" ]; then
   "$py" - "$steps" "${order[@]}" <<'PY'

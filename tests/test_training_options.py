@@ -123,6 +123,7 @@ def test_train_with_every_knob_and_sample(tmp_path):
     (["--cross-attention", "--attention-levels", "3"], "--attention-levels must be 1..2"),
     (["--prediction", "x0"], "--prediction"),
     (["--loss-weighting", "p2"], "--loss-weighting"),
+    (["--token-sink"], "--token-sink applies to --cross-attention"),
 ])
 def test_bad_knobs_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
@@ -166,3 +167,40 @@ def test_pixel_coords_reach_the_network_and_the_saved_model(tmp_path):
     img = tmp_path / "s.png"
     assert main(["sample", "--model", str(out / "model"), "0.3,0.6", "--n", "1", "--steps", "2",
                  "--out", str(img)]) == 0
+
+
+def test_one_token_alone_is_the_same_everywhere_and_the_sink_lets_it_vary():
+    """Why --token-sink exists: softmax over a single key weighs it 1 at every query, so a cross-attention
+    layer reading one token adds the same vector at every place; with a sink token it need not."""
+    spec = get_task("objects").condition_spec()
+    cfg = ModelConfig(task="objects", resolution=16, channels=(16, 32), layers_per_block=1, spatial=False,
+                      cross_attention=True, **spec)
+    attn = ConditionalUNet(cfg).unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    torch.manual_seed(0)
+    places = torch.randn(1, 64, 32)  # 64 places of an image, all different
+    token = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        alone = attn(places, encoder_hidden_states=token)
+        with_sink = attn(places, encoder_hidden_states=torch.cat([torch.randn(1, 1, 32), token], dim=1))
+    assert torch.allclose(alone, alone[:, :1].expand_as(alone), atol=1e-6)
+    assert (with_sink - with_sink[:, :1]).abs().amax() > 1e-3
+
+
+def test_the_sink_comes_first_is_never_masked_and_is_saved(tmp_path):
+    from compdiff.nn.conditioning import WithSink, build_token_sequence
+
+    one = build_token_sequence(32, (), kind="position", sink=True)
+    assert isinstance(one, WithSink)
+    tok = one(torch.tensor([[0.2, 0.3, 1.0], [0.7, 0.1, 1.0]]))
+    assert tok.shape == (2, 2, 32) and torch.equal(tok[0, 0], tok[1, 0]) and torch.equal(tok[0, 0], one.sink[0, 0])
+    joint = build_token_sequence(32, (), joint=True, kind="position", sink=True)
+    tok, mask = joint(torch.tensor([[[0.2, 0.3, 1.0], [0.0, 0.0, 0.0]]]))  # one real row, one null row
+    assert tok.shape == (1, 3, 32) and mask.tolist() == [[True, True, False]]
+    out = tmp_path / "run"
+    assert main(["train", "--task", "objects", "--resolution", "16", "--channels", "16,32", "--layers-per-block", "1",
+                 "--batch-size", "2", "--precision", "fp32", "--steps", "2", "--warmup", "1", "--no-progress",
+                 "--no-spatial", "--cross-attention", "--pixel-coords", "--token-sink", "--out", str(out)]) == 0
+    assert json.loads((out / "model" / "compdiff.json").read_text())["model"]["token_sink"] is True
+    m = load_model(out / "model")
+    assert isinstance(m.denoiser.net.cond_tokens, WithSink)
+    assert torch.count_nonzero(m.denoiser.net.cond_tokens.sink) > 0

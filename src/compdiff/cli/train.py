@@ -68,6 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="give the network input channels that say where each pixel is (x, y and their Fourier "
                    "features, the same for every image), so that a position read as a token (objects "
                    "--no-spatial --cross-attention) can be matched to the place it names")
+    p.add_argument("--token-sink", action="store_true",
+                   help="with --cross-attention: a learned token read before the condition's own, so that attention "
+                   "can weigh a one-token condition (a position) more in one place than another; without it "
+                   "softmax over one token weighs it 1 everywhere")
     p.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon",
                    help="what the network learns to output: epsilon (the noise, default) or v (Salimans & Ho "
                    "2022); sampling always works on epsilon")
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                       joint_subsets=args.joint_subsets, scenes=args.scenes or _default_scenes(args),
                       prediction="v_prediction" if args.prediction == "v" else "epsilon",
                       loss_weighting=args.loss_weighting, attention_levels=args.attention_levels,
-                      pixel_coords=args.pixel_coords)
+                      pixel_coords=args.pixel_coords, token_sink=args.token_sink)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

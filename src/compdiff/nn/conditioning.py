@@ -173,12 +173,38 @@ def set_bump(cond: Tensor, resolution: int, sigma: float) -> Tensor:
     return bumps.sum(1, keepdim=True).clamp(max=1.0)
 
 
+class WithSink(nn.Module):
+    """A token sequence with one learned token put in front of every sequence, never masked.
+
+    Softmax attention over a single key gives that key weight 1 at every place in the image, so a
+    condition of one token (a position) reaches cross-attention as the same vector everywhere:
+    attention cannot say *where* it applies. With a second key that the concept's token competes
+    with, the weight on the concept becomes sigmoid(q.k_concept - q.k_sink), which can be high in
+    one place and low elsewhere. Text encoders get this for free (a start token, padding); this is
+    that start token."""
+
+    def __init__(self, inner: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.sink = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+
+    def forward(self, cond: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        out = self.inner(cond)
+        tokens, mask = out if isinstance(out, tuple) else (out, None)
+        sink = self.sink.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([sink, tokens], dim=1)
+        if mask is None:
+            return tokens
+        return tokens, torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+
+
 def build_token_sequence(dim: int, vocab_sizes: Sequence[int], groups: Sequence[Sequence[int]] = (),
-                         joint: bool = False, kind: str = "tokens") -> nn.Module:
+                         joint: bool = False, kind: str = "tokens", sink: bool = False) -> nn.Module:
     """The cross-attention context: TokenSequence (kind "tokens") or PositionTokens (kind
-    "position"), or SetSequence over it for the joint baseline."""
+    "position"), or SetSequence over it for the joint baseline; sink: WithSink around it."""
     inner = PositionTokens(dim) if kind == "position" else TokenSequence(vocab_sizes, dim, groups)
-    return SetSequence(inner) if joint else inner
+    seq = SetSequence(inner) if joint else inner
+    return WithSink(seq, dim) if sink else seq
 
 
 def build_embedding(kind: str, dim: int, vocab_sizes: Sequence[int] = (), joint: bool = False) -> nn.Module:

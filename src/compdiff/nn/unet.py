@@ -13,7 +13,9 @@ of all the set's rows are read side by side, as a text model reads a sentence.
 
 ``pixel_coords=True`` appends fixed channels that say where each pixel is (x, y and their Fourier
 features), the same for every image: without them a position read as a token has nothing in the
-image to be matched against (BENCHMARKS, "Beyond training", objects).
+image to be matched against (BENCHMARKS, "Beyond training", objects). ``token_sink=True`` puts a
+learned token before the condition's tokens (``conditioning.WithSink``): softmax attention over a
+single token weighs it 1 everywhere, so a one-token condition could not be placed without it.
 
 The network knows nothing of noise schedules; it maps (x_t, t, cond) to eps, or to v when
 ``prediction="v_prediction"`` (``compdiff.models.InferenceDenoiser`` turns v into eps with the
@@ -54,6 +56,7 @@ class ModelConfig:
     attention_levels: int = 1  # cross_attention: at the lowest this many resolutions (1: 8x8 for 32x32)
     prediction: str = "epsilon"  # what the network outputs: "epsilon" or "v_prediction" (samplers get eps)
     pixel_coords: bool = False  # input channels saying where each pixel is (conditioning.coord_channels)
+    token_sink: bool = False  # cross_attention: a learned token before the condition's (conditioning.WithSink)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +78,8 @@ class ModelConfig:
                              f"got {self.attention_levels}")
         if self.attention_levels > 1 and not self.cross_attention:
             raise ValueError("attention_levels > 1 needs cross_attention")
+        if self.token_sink and not self.cross_attention:
+            raise ValueError("token_sink needs cross_attention")
 
     @property
     def uses_bump(self) -> bool:
@@ -125,7 +130,7 @@ class ConditionalUNet(nn.Module):
         temb_dim = self.unet.config.block_out_channels[0] * 4
         self.cond_embed = build_embedding(cfg.cond_kind, temb_dim, cfg.vocab_sizes, cfg.joint)
         self.cond_tokens = build_token_sequence(cfg.channels[-1], cfg.vocab_sizes, cfg.token_groups,
-                                                cfg.joint, cfg.cond_kind) if cfg.cross_attention else None
+                                                cfg.joint, cfg.cond_kind, cfg.token_sink) if cfg.cross_attention else None
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         if self.cfg.uses_bump:

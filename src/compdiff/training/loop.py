@@ -91,13 +91,15 @@ class TrainConfig:
     loss_weighting: str = "none"  # "none" | "min-snr" (training/loss.py)
     attention_levels: int = 1  # cross_attention at the lowest this many resolutions
     pixel_coords: bool = False  # input channels saying where each pixel is (nn.conditioning.coord_channels)
+    token_sink: bool = False  # cross_attention: a learned token before the condition's (nn.conditioning.WithSink)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
                            channels=tuple(self.channels), layers_per_block=self.layers_per_block,
                            attention=self.attention, joint=self.joint,
                            cross_attention=self.cross_attention, attention_levels=self.attention_levels,
-                           prediction=self.prediction, pixel_coords=self.pixel_coords, **get_task(self.task).condition_spec())
+                           prediction=self.prediction, pixel_coords=self.pixel_coords,
+                           token_sink=self.token_sink, **get_task(self.task).condition_spec())
 
     def validate(self) -> None:
         """Every setting in range, and the model buildable: InputError naming the flag, before any file is written."""
@@ -136,6 +138,8 @@ class TrainConfig:
                              f"got {self.attention_levels}")
         if self.attention_levels > 1 and not self.cross_attention:
             raise InputError("--attention-levels applies to --cross-attention only")
+        if self.token_sink and not self.cross_attention:
+            raise InputError("--token-sink applies to --cross-attention only")
         if self.scenes not in SCENES:
             raise InputError(f"--scenes must be one of {', '.join(SCENES)}, got {self.scenes!r}")
         if self.scenes == "torch" and (self.joint or self.data_workers or task.name not in TORCH_TASKS):
