@@ -76,6 +76,19 @@ def test_eval_cli_writes_reports(tiny_models, tmp_path, capsys):
     assert "results.json" in capsys.readouterr().out
 
 
+def test_eval_device(tiny_models, tmp_path, capsys):
+    import torch
+
+    comp, _ = tiny_models
+    out = tmp_path / "rep"
+    assert main(["eval", "--task", "objects", "--components", "1", "--n", "2", "--steps", "1", "--model", comp,
+                 "--methods", "composed", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["cells"]["composed/K1"]["device"] == "cpu"
+    for bad, needle in ([("tpu", "not a device")] + ([] if torch.cuda.is_available() else [("cuda", "sees no CUDA GPU")])):
+        assert main(["eval", "--task", "objects", "--model", comp, "--device", bad, "--out", str(tmp_path / bad)]) == 2
+        assert needle in capsys.readouterr().err and not (tmp_path / bad).exists()
+
+
 def test_eval_not_sets_and_bad_input(tiny_models, tmp_path, capsys):
     comp, joint = tiny_models
     out = tmp_path / "rep"

@@ -93,6 +93,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"concept sets and noise, 0..{MAX_SEED} (default 7)")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=64,
                    help=f"sets sampled together, 1..{MAX_BATCH_SIZE} (default 64)")
+    p.add_argument("--device", default="auto",
+                   help="where the models sample: auto (cuda if torch sees a GPU, else cpu; under accelerate launch, "
+                   "each process its own GPU), cpu, cuda, cuda:1, ...; the judge reads on the CPU")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the models (a GPU, or a CPU with native bf16: on CPUs without it, e.g. the 2-core AMD EPYC of BENCHMARKS, convolutions run 50-90x slower under bf16: bench/bf16_conv.py)")
     p.add_argument("--out", required=True,
                    help="report folder: new or empty, or an earlier report of compdiff eval (resumed)")
@@ -189,7 +192,7 @@ def _joint_method(name: str, args: argparse.Namespace, task: str):
 
     oracle = name == "joint-oracle"
     flag, path = ("--oracle-joint-model", args.oracle_joint_model) if oracle else ("--joint-model", args.joint_model)
-    j = open_model(path, bf16=args.bf16)
+    j = open_model(path, device=args.device_, bf16=args.bf16)
     cfg = j.info.get("config")
     if j.task != task or cfg is None or not cfg.joint:
         raise UsageError(f"{flag} {path} is not a joint-conditioning model of the {task} task")
@@ -199,7 +202,23 @@ def _joint_method(name: str, args: argparse.Namespace, task: str):
     if oracle and not cfg.uses_bump:
         raise UsageError(f"--oracle-joint-model {path} reads no position map: give it as --joint-model")
     return Method(name, j.denoiser, j.encoder, "sum", True, j.schedule,
-                  {"model": path, "reads": "tokens and a map of every position" if oracle else "tokens"})
+                  {"model": path, "reads": "tokens and a map of every position" if oracle else "tokens"},
+                  device=args.device_)
+
+
+def _device(name: str):  # noqa: ANN202
+    """--device as compdiff sample reads it; under accelerate launch with several processes, auto gives
+    each process the GPU of its local rank (else all would share the first)."""
+    import os
+
+    import torch
+
+    from compdiff.cli.sample import pick_device
+
+    device = pick_device(name)
+    if name == "auto" and device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--not cannot be measured for '{name}': a joint-conditioning model has no NOT")
     out = Path(args.out)
     clear = _check_out(out, args.overwrite)
-    composed = open_model(args.model or task.name, bf16=args.bf16)
+    args.device_ = _device(args.device)
+    composed = open_model(args.model or task.name, device=args.device_, bf16=args.bf16)
     if composed.task != task.name:
         raise UsageError(f"--model {composed.name} is a {composed.task or composed.family!r} model, not {task.name!r}")
     sampler = args.sampler or composed.sampling.get("sampler", "ddim")
@@ -253,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             mode = "mean" if name == "composed-mean" else "sum"
             built[name] = Method(name, composed.denoiser, composed.encoder, mode, False, composed.schedule,
-                                 {"model": args.model or "shipped"}, regions=name in REGION_METHODS)
+                                 {"model": args.model or "shipped"}, regions=name in REGION_METHODS,
+                                 device=args.device_)
     resolution = composed.latent_shape[-1]
     judges = sorted(int(p.parent.name[5:]) for p in WEIGHTS_ROOT.glob("judge*/config.json")
                     if p.parent.name[5:].isdigit())

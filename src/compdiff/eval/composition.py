@@ -94,6 +94,7 @@ class Method:
     schedule: Schedule | None = None
     info: dict[str, Any] = field(default_factory=dict)
     regions: bool = False  # each positive concept confined to its box (task with region_center only)
+    device: Any = "cpu"  # where the denoiser runs and the noise goes (the images come back to the CPU)
 
     def expression(self, task: Task, s: ConceptSet, region_size: float = REGION_SIZE) -> str:
         if self.regions and self.joint:
@@ -129,10 +130,10 @@ def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec,
                               mode=method.mode, rescale=spec.rescale, negation=spec.negation, feather=spec.feather,
                               region_mode=spec.region_mode)
         gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
-        x_T = randn((len(chunk), *shape), gens)
+        x_T = randn((len(chunk), *shape), gens, device=method.device)  # drawn on the CPU, moved
         x = sampler(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0,
                     corrector=corrector, **options)
-        out[c] = x.clamp(-1, 1)
+        out[c] = x.clamp(-1, 1).cpu()
     if world > 1:
         from accelerate.utils import gather_object
 
@@ -246,7 +247,7 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
             images = generate(m, task, sets, spec, shape, lambda: bar.update(1), shard)
             cell = _score(task, judge, sets, images, spec.region_size)
             cell.update(k=k, method=name, fd_judge=frechet_from_features(judge_features(images, judge), f_real),
-                        fd_floor=fd_floor, real_accuracy=real_acc)
+                        fd_floor=fd_floor, real_accuracy=real_acc, device=str(m.device))
             results["cells"][f"{name}/K{k}"] = cell
             if main:
                 _save_grid(out / f"grid_{name}_K{k}.png", task, sets[:16], images[:16], cell["success"][:16],
