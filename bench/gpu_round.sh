@@ -14,6 +14,11 @@
 #   the held-out pairs of #15 and the relations ablation of #14 are listed below (scenes render on
 #   the GPU, `--scenes torch`, the default). MAX_STEPS caps the step count (default 20000).
 #   JOBS="attributes32x-ho attributes32x-ho-joint relations32x-ho relations32x-ho-joint" bench/gpu_round.sh
+# AFTER="bench/beyond_training.sh objects": a command run once training is over (evaluations sample on
+#   the GPU: compdiff eval --device auto), for at most AFTER_TIMEOUT seconds (default 240); reports/
+#   comes back as $OUT/reports.tgz. Lower BUDGET by as much, e.g. for the objects le2 fight of #15:
+#   JOBS="objects32xcs-le2 objects32xcs-le2-joint objects32-le2-oracle" BUDGET=300 SD=0 \
+#     AFTER="bench/beyond_training.sh objects; bench/beyond_training.sh objects-ula" bench/gpu_round.sh
 # Needs .whl/ with diffusers and its two missing dependencies (the machine has torch, not them):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0
@@ -94,4 +99,11 @@ for j in "${jobs_[@]}"; do
   cp "runs/$1.log" "runs/$1/train.log"
   tar czf "$OUT/$1.tgz" -C runs "$1/model" "$1/metrics.jsonl" "$1/run.json" "$1/train.log" $( [ -f "runs/$1/loss.png" ] && echo "$1/loss.png")
 done
+if [ -n "${AFTER:-}" ]; then
+  echo "== [$(el)s] after training: $AFTER"
+  mkdir -p reports
+  timeout -s TERM "${AFTER_TIMEOUT:-240}" bash -c "$AFTER"
+  echo "== [$(el)s] after: exit $?"
+  tar czf "$OUT/reports.tgz" reports
+fi
 ls -la "$OUT"; echo "== [$(el)s] end"
