@@ -11,13 +11,15 @@
 #   objects (split le2: scenes of at most 2 objects; positions as tokens, no bump map; input channels
 #   saying where each pixel is, the same for every image, and a sink token before the position's, so
 #   that attention can weigh a single token more in one place than in another: without them the
-#   composed model held 27% of single positions; BENCHMARKS, "Beyond training", objects), and the
-#   bump-map joint of the earlier tables as the labelled oracle-layout row:
-#     STEPS=1500 NAME=objects32xcs-le2 bench/train_shipped.sh objects --cross-attention --no-spatial \
+#   composed model held 27% of single positions; BENCHMARKS, "Beyond training", objects). Both are
+#   evaluated at their step-2500 EMA snapshot (snapshots/step-0002500; the table's runs were stopped
+#   there for time). The bump-map joint of the earlier tables is the labelled oracle-layout row, added
+#   when runs/objects32-le2-oracle/model exists:
+#     STEPS=3000 NAME=objects32xcs-le2 bench/train_shipped.sh objects --cross-attention --no-spatial \
 #         --pixel-coords --token-sink --hold-out le2
-#     STEPS=1500 NAME=objects32xcs-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
+#     STEPS=3000 NAME=objects32xcs-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
 #         --pixel-coords --token-sink --hold-out le2 --joint --joint-subsets
-#     STEPS=1500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
+#     STEPS=2500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
 #   relations (split default: 7 of the 28 color pairs never in one scene):
 #     STEPS=5000 NAME=relations32x-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
 #         --hold-out default
@@ -40,11 +42,15 @@ case "$task" in
   relations) split=default held=1,2,3 ;;  # one relation can ask for a held-out color pair
   objects|objects-ula)   # K = 1..5 over all sets: K <= 2 as in training, K >= 3 beyond it
     # objects-ula (composed + ULA) is its own report: run it beside `objects` on another core
-    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model runs/objects32xcs-le2/model
-            --no-progress --components 1,2,3,4,5)
+    # COMPOSED, JOINT, ORACLE: other model folders (a GPU round's runs/NAME/model, say)
+    comp=${COMPOSED:-runs/objects32xcs-le2/snapshots/step-0002500}
+    joint=${JOINT:-runs/objects32xcs-le2-joint/snapshots/step-0002500}
+    oracle=${ORACLE:-runs/objects32-le2-oracle/model}
+    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model "$comp" --no-progress --components 1,2,3,4,5)
     if [ "$task" = objects ]; then
-      "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods composed,joint,joint-oracle \
-        --joint-model runs/objects32xcs-le2-joint/model --oracle-joint-model runs/objects32-le2-oracle/model \
+      methods=composed,joint extra=()
+      [ -f "$oracle/compdiff.json" ] && methods+=,joint-oracle extra=(--oracle-joint-model "$oracle")
+      "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods "$methods" --joint-model "$joint" "${extra[@]}" \
         --out reports/beyond-objects
     else
       "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --methods composed --out reports/beyond-objects-ula

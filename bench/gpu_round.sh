@@ -18,7 +18,8 @@
 #   the GPU: compdiff eval --device auto), for at most AFTER_TIMEOUT seconds (default 240); reports/
 #   comes back as $OUT/reports.tgz. Lower BUDGET by as much, e.g. for the objects le2 fight of #15:
 #   JOBS="objects32xcs-le2 objects32xcs-le2-joint objects32-le2-oracle" BUDGET=300 SD=0 \
-#     AFTER="bench/beyond_training.sh objects; bench/beyond_training.sh objects-ula" bench/gpu_round.sh
+#     AFTER="export COMPOSED=runs/objects32xcs-le2/model JOINT=runs/objects32xcs-le2-joint/model;
+#            bench/beyond_training.sh objects; bench/beyond_training.sh objects-ula" bench/gpu_round.sh
 # Needs .whl/ with diffusers and its two missing dependencies (the machine has torch, not them):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0

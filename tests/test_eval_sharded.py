@@ -1,11 +1,12 @@
-"""`accelerate launch --num_processes 2 --cpu -m compdiff eval ...` gives the same files as one process."""
+"""`accelerate launch --multi_gpu --num_processes 2 -m compdiff eval ...` (two CPU processes where there is no
+GPU) gives the same files as one process."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes
 ARGS = ["eval", "--task", "objects", "--components", "1,2", "--n", "6", "--batch-size", "2", "--steps", "2",
         "--methods", "composed,composed-mean", "--no-progress"]
 
@@ -16,10 +17,12 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     accelerate = Path(sys.executable).with_name("accelerate")
-    sharded = subprocess.run([str(accelerate), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+    sharded = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "compdiff", *ARGS,
                               "--out", str(two)], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
+    # two processes ran, each knowing it is one of two (accelerate's --cpu would have started one)
+    assert "process 1 of 2" in sharded.stderr and "process 2 of 2" in sharded.stderr, sharded.stderr[-3000:]
     assert sharded.stdout.count("wrote ") == 1  # the first process alone reports and writes
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert a == b  # every cell: accuracy, per-image success, FD-judge, to the last bit

@@ -170,12 +170,15 @@ def test_kill_9_leaves_the_last_complete_checkpoint_loadable(tmp_path):
 def test_two_cpu_processes_with_accelerate(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     run = tmp_path / "run"
-    proc = subprocess.run([str(accelerate), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+    # --multi_gpu on a machine without a GPU (CUDA hidden) starts CPU processes; --cpu would start one
+    proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "compdiff", "train",
                            *TINY_ARGS, "--steps", "3", "--log-every", "1", "--out", str(run)],
-                          env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          env={**ENV, "CUDA_VISIBLE_DEVICES": ""}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_checkpoint(latest_checkpoint(run))["step"] == 3
+    assert json.loads((run / "model" / "compdiff.json").read_text())["training"]["processes"] == 2
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # one log, written by the main process only
     load_model(run / "model")

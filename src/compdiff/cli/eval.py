@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -282,7 +283,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--model {composed.name} makes {resolution}x{resolution} images; the judge reads "
                          f"{', '.join(f'{r}x{r}' for r in judges) or 'no resolution'} only")
     judge = load_judge(resolution)
-    main = shard_of_this_process()[0] == 0  # under accelerate launch, the first process writes the files
+    rank, world = shard_of_this_process()
+    main = rank == 0  # under accelerate launch, the first process writes the files
+    if world > 1:
+        print(f"compdiff eval: process {rank + 1} of {world} (samples every {world}th chunk of "
+              f"--batch-size sets; process 1 writes the files)", file=sys.stderr, flush=True)
     if clear and main:
         clear_folder(out)  # _check_out found only what compdiff eval wrote
     t0 = time.perf_counter()

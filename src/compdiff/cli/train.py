@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a conditional diffusion model on a world task",
         description="Train a UNet (eps- or v-prediction) on renders of the world, one concept per image "
         "(null condition with probability --null-prob). Runs under accelerate too: "
-        "'accelerate launch --num_processes 2 --cpu -m compdiff train ...'. "
+        "'accelerate launch --multi_gpu --num_processes 2 -m compdiff train ...' (CPU processes where there is no GPU). "
         "Ctrl-C saves a checkpoint; --resume continues bit-exactly.",
         epilog="example: compdiff train --task objects --steps 3000 --batch-size 64 --out runs/objects32")
     p.add_argument("--task", required=True, help=" | ".join(task_names()))

@@ -149,7 +149,9 @@ def shard_of_this_process() -> tuple[int, int]:
         return 0, 1
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True where there is no GPU: without it accelerate sees one process per process (distributed
+    # type NO) however many were started, and every process would sample and write everything
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes
 
 

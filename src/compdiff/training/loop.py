@@ -1,6 +1,7 @@
 """The training loop: eps-prediction MSE on world renders, on HuggingFace accelerate.
 
-The same code runs on one CPU process, ``accelerate launch --num_processes 2 --cpu``, or GPUs.
+The same code runs on one CPU process, several (``accelerate launch --multi_gpu --num_processes 2``: on a
+machine without a GPU that starts CPU processes; ``--cpu`` would start one), or GPUs.
 Everything random is a function of (seed, step, rank) — the data indices, the noise, the
 timesteps, the null dropout — so ``--resume`` continues bit-exactly from a checkpoint.
 """
@@ -339,7 +340,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.signum is not None:
                 _checkpoint(cfg, acc, net, ema, opt, done)
             if cfg.snapshot_every and done % cfg.snapshot_every == 0 and acc.is_main_process:
-                _export(cfg, ema, out / "snapshots" / f"step-{done:07d}", done)
+                _export(cfg, ema, out / "snapshots" / f"step-{done:07d}", done, world)
             if stop.signum is not None:
                 break
     finally:
@@ -350,7 +351,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             log.close()
     model_dir = out / "model"
     if acc.is_main_process:
-        _export(cfg, ema, model_dir, done)
+        _export(cfg, ema, model_dir, done, world)
         _loss_plot(out)
     acc.wait_for_everyone()
     signame = signal.Signals(stop.signum).name if stop.signum is not None else None
@@ -436,14 +437,14 @@ def _checkpoint(cfg, acc, net, ema, opt, done: int) -> None:
     acc.wait_for_everyone()
 
 
-def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done: int) -> None:
+def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done: int, processes: int = 1) -> None:
     """Write the EMA model as a loadable model directory, atomically: written whole beside it, then
     swapped in (``model_dir`` stays a complete model at every moment; see checkpoint.replace_dir)."""
     tmp = tmp_dir_for(model_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     info = {"steps": steps_done, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-            "precision": cfg.precision}
+            "precision": cfg.precision, "processes": processes}  # each process draws batch_size images a step
     if cfg.max_objects is not None:
         info["max_objects"] = cfg.max_objects
     if cfg.hold_out is not None:
