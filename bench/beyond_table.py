@@ -82,7 +82,7 @@ def plot(rs: list[dict], task: str, out: Path, target: float | None = None) -> N
         if target is not None and kind == "held-out":
             ax.axhline(target, ls=":", color="gray", lw=1, label=f"target: composed {target:g}%")
         title = {"held-out": "combinations held out of training", "seen": "combinations seen in training",
-                 "all": "all sets (training scenes had at most 2 objects)"}[kind]
+                 "all": "trained on scenes of <= 2 objects"}[kind]
         ax.set(title=f"{task}: {title}", xlabel="K (concepts ANDed)", ylabel="accuracy (%)", ylim=(-3, 103),
                xticks=sorted({r["k"] for r in rs if r["sets"] == kind}))
         ax.grid(alpha=0.3)
