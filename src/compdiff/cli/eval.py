@@ -210,8 +210,6 @@ def _joint_method(name: str, args: argparse.Namespace, task: str):
 def _device(name: str):  # noqa: ANN202
     """--device as compdiff sample reads it; under accelerate launch with several processes, auto gives
     each process the GPU of its local rank (else all would share the first)."""
-    import os
-
     import torch
 
     from compdiff.cli.sample import pick_device
@@ -286,8 +284,8 @@ def run(args: argparse.Namespace) -> int:
     rank, world = shard_of_this_process()
     main = rank == 0  # under accelerate launch, the first process writes the files
     if world > 1:
-        print(f"compdiff eval: process {rank + 1} of {world} (samples every {world}th chunk of "
-              f"--batch-size sets; process 1 writes the files)", file=sys.stderr, flush=True)
+        print(f"compdiff eval: process {rank + 1} of {world} (samples chunks {rank + 1}, {rank + 1 + world}, ... of "
+              f"--batch-size sets in each cell; process 1 writes the files)", file=sys.stderr, flush=True)
     if clear and main:
         clear_folder(out)  # _check_out found only what compdiff eval wrote
     t0 = time.perf_counter()
