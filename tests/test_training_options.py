@@ -203,4 +203,6 @@ def test_the_sink_comes_first_is_never_masked_and_is_saved(tmp_path):
     assert json.loads((out / "model" / "compdiff.json").read_text())["model"]["token_sink"] is True
     m = load_model(out / "model")
     assert isinstance(m.denoiser.net.cond_tokens, WithSink)
-    assert torch.count_nonzero(m.denoiser.net.cond_tokens.sink) > 0
+    from safetensors.torch import load_file
+    saved = load_file(str(out / "model" / "cond_tokens.safetensors"))
+    assert torch.equal(saved["sink"], m.denoiser.net.cond_tokens.sink.detach())  # in the file, and loaded from it
