@@ -20,11 +20,14 @@
 #     STEPS=3000 NAME=objects32xcs-le2-joint bench/train_shipped.sh objects --cross-attention --no-spatial \
 #         --pixel-coords --token-sink --hold-out le2 --joint --joint-subsets
 #     STEPS=2500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
-#   relations (split default: 7 of the 28 color pairs never in one scene):
-#     STEPS=5000 NAME=relations32x-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
-#         --hold-out default
-#     STEPS=5000 NAME=relations32x-ho-joint bench/train_shipped.sh relations --cross-attention --max-objects 3 \
-#         --hold-out default --joint --joint-subsets
+#   relations (split default: 7 of the 28 color pairs never in one scene; the objects task's
+#   pixel coordinates and sink token, on both models):
+#     STEPS=5000 NAME=relations32xcs-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
+#         --pixel-coords --token-sink --hold-out default
+#     STEPS=5000 NAME=relations32xcs-ho-joint bench/train_shipped.sh relations --cross-attention --max-objects 3 \
+#         --pixel-coords --token-sink --hold-out default --joint --joint-subsets
+#   COMPOSED, JOINT (attributes, relations): other model folders, e.g. a snapshot
+#   (runs/NAME/snapshots/step-0002500) or a GPU round's runs/NAME/model.
 # Both methods are sampled with the same sampler, steps, guidance scale, seeds and concept sets
 # (DDPM 50 steps, guidance 3, float32, n = 256 sets per cell; on this CPU, AMD EPYC without native
 # bf16, --bf16 autocast makes every convolution 50-90x slower (bench/bf16_conv.py), so it is not used).
@@ -58,7 +61,8 @@ case "$task" in
     exit 0 ;;
   *) echo "bench/beyond_training.sh: unknown task $task (attributes, objects, objects-ula, relations)" >&2; exit 2 ;;
 esac
-model=runs/${task}32x-ho/model joint=runs/${task}32x-ho-joint/model
+net=x; [ "$task" = relations ] && net=xcs
+model=${COMPOSED:-runs/${task}32$net-ho/model} joint=${JOINT:-runs/${task}32$net-ho-joint/model}
 common_g=(--task "$task" --n 256 --hold-out "$split" --model "$model" --no-progress)  # all but the guidance
 common=("${common_g[@]}" --guidance-scale 3)
 for sets in held-out seen; do

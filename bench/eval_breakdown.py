@@ -15,13 +15,18 @@ saying so). Prints markdown:
 * attributes: for each missed word, the value of that kind the judge read instead (the most
   common substitutions);
 * objects (one concept = one object): how many objects each image holds against the K asked
-  (fewer, exactly K, more), and the histogram of counts.
+  (fewer, exactly K, more), and the histogram of counts;
+* relations: what became of each asked relation on the judged objects (held; both objects drawn
+  but misplaced; one object matching both sides; the first, the second or both not drawn), for
+  held-out and seen color pairs apart and per relation word; with a split of color pairs, how
+  many images show a held-out pair together, asked or not, against the world's rate.
 
 Nothing is generated: it reads the JSON (and draws world scenes for the reference rate).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import Counter, defaultdict
@@ -29,12 +34,16 @@ from pathlib import Path
 
 from compdiff.world import Obj, Scene, get_task
 from compdiff.world.holdout import get_split
+from compdiff.world.tasks.relations import RELATIONS, relation_holds
 
 KINDS = ("size", "color", "material", "shape")
 #: both halves held / only the first / only the second / neither, as (first held, second held)
 OUTCOMES = ((True, True), (True, False), (False, True), (False, False))
 #: world scenes drawn for the reference rate of held-out combinations (+-0.7 points at 95%)
 WORLD_SCENES = 20000
+#: what became of an asked relation on the judged objects, in the order of the table's columns
+REL_OUTCOMES = ("held", "both drawn, misplaced", "one object for both", "first missing", "second missing",
+                "both missing")
 
 
 def read_object(text: str) -> dict[str, str]:
@@ -99,6 +108,71 @@ def world_rate(task, split, n: int | None = None, seed: int = 12345) -> float:
             hits += bool(split.violations(Scene((o,), "free")))
             total += 1
     return hits / total
+
+
+def only_pairs(split):
+    """The split's held-out color pairs alone (no within-object pairs, no object count)."""
+    return dataclasses.replace(split, within={}, max_objects=None)
+
+
+def world_pair_rate(task, split, n: int | None = None, seed: int = 12345) -> float:
+    """The fraction of scenes of the task's world WITHOUT the hold-out that show a held-out color
+    pair together (two objects of the two colors)."""
+    pairs = only_pairs(split)
+    n = WORLD_SCENES if n is None else n
+    return sum(bool(pairs.violations(task.scene(seed, i))) for i in range(n)) / n
+
+
+def held_out_pairs_drawn(split, cell, reference: float) -> list[str]:
+    """How many images show a held-out color pair together: no training scene did."""
+    pairs = only_pairs(split)
+    found = [pairs.violations(Scene(tuple(Obj.parse(t) for t in judged), "free")) for judged in cell["judged"]]
+    if not found:
+        return []
+    shown = Counter(v for f in found for v in f)
+    lines = [f"images showing a held-out color pair together: {pct(sum(bool(f) for f in found), len(found))}; "
+             f"in the world without the hold-out, {100 * reference:.1f}% of scenes do"]
+    if shown:
+        lines.append("(" + ", ".join(f"{k} {v}" for k, v in shown.most_common()) + ")")
+    return lines
+
+
+def relation_outcome(concept, objects) -> str:
+    """What became of one asked relation among the judged objects (one of ``REL_OUTCOMES``). "held"
+    is the task's own truth: some ordered pair of distinct objects matches both sides and stands in
+    the relation."""
+    firsts = [i for i, o in enumerate(objects) if concept.first.matches(o)]
+    seconds = [j for j, o in enumerate(objects) if concept.second.matches(o)]
+    pairs = [(i, j) for i in firsts for j in seconds if i != j]
+    if any(relation_holds(concept.rel, objects[i], objects[j]) for i, j in pairs):
+        return "held"
+    if pairs:
+        return "both drawn, misplaced"
+    if firsts and seconds:  # one object matches both descriptions, and no other matches either
+        return "one object for both"
+    if firsts or seconds:
+        return "second missing" if firsts else "first missing"
+    return "both missing"
+
+
+def relation_outcomes(task, split, cell) -> list[str]:
+    """relations: each asked relation's outcome, by held-out / seen color pair and by relation word."""
+    groups: dict[str, Counter] = defaultdict(Counter)
+    for asked, judged in zip(cell["asked"], cell["judged"]):
+        objects = [Obj.parse(t) for t in judged]
+        for text in asked:
+            c = task.parse(text)
+            outcome = relation_outcome(c, objects)
+            groups["all"][outcome] += 1
+            groups[c.rel][outcome] += 1
+            if split is not None and split.across:
+                groups["held-out color pair" if split.asked([c]) else "seen color pair"][outcome] += 1
+    if not groups:
+        return []
+    names = [g for g in ("held-out color pair", "seen color pair", *RELATIONS, "all") if g in groups]
+    return (["| relations asked | n | " + " | ".join(REL_OUTCOMES) + " |", "|---|---|" + "---|" * len(REL_OUTCOMES)]
+            + [f"| {g} | {sum(groups[g].values())} | "
+               + " | ".join(pct(groups[g][o], sum(groups[g].values())) for o in REL_OUTCOMES) + " |" for g in names])
 
 
 def held_out_drawn(task, split, cell, reference: float) -> list[str]:
@@ -166,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     name = res["spec"].get("hold_out")
     split = get_split(task.name, name) if name else None
     wanted = [c for c in args.cells.split(",") if c] or list(res["cells"])
-    reference = None  # world_rate, computed once when a cell needs it
+    reference = pair_reference = None  # world_rate / world_pair_rate, computed once when a cell needs it
     for key in wanted:
         cell = res["cells"].get(key)
         if cell is None:
@@ -187,7 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             lines = held_out_drawn(task, split, cell, reference)
             if lines:
                 print("\n".join(lines) + "\n")
+        if split is not None and split.across:
+            if pair_reference is None:
+                pair_reference = world_pair_rate(task, split)
+            lines = held_out_pairs_drawn(split, cell, pair_reference)
+            if lines:
+                print("\n".join(lines) + "\n")
         lines = substitutions(task, cell) + (object_counts(cell) if task.name == "objects" else [])
+        lines += relation_outcomes(task, split, cell) if task.name == "relations" else []
         if lines:
             print("\n".join(lines) + "\n")
     return 0

@@ -168,3 +168,45 @@ def test_objects_counts_against_k(tmp_path, capsys):
     assert "fewer than K 50.0% (2/4), exactly K 25.0% (1/4), more than K 25.0% (1/4)" in out
     assert "| objects drawn | 0 | 1 | 2 | 3 | 4 | 5 | 6+ |" in out
     assert "| images | 0 | 1 | 1 | 1 | 0 | 0 | 1 |" in out  # 7 objects count as 6+
+
+
+def test_relations_outcomes_by_pair_and_word(tmp_path, capsys):
+    # split `default` holds out red with green (among 7 pairs); blue with red, gray with blue are seen
+    asked = [["a red cube left of a green sphere"],   # drawn as asked: held
+             ["a red cube left of a green sphere"],   # both drawn, the wrong way round
+             ["a blue cube left of a red sphere"],    # the red sphere is not drawn
+             ["a blue cube behind a red sphere"],     # the blue cube is not drawn
+             ["a cube left of a red thing"],          # one red cube: matches both sides, no pair
+             ["a gray cube in front of a blue sphere"]]  # nothing drawn
+    judged = [["large red metal cube at 0.20,0.50", "large green rubber sphere at 0.80,0.50"],
+              ["large red metal cube at 0.80,0.50", "large green rubber sphere at 0.20,0.50"],
+              ["large blue metal cube at 0.20,0.50", "large red rubber cube at 0.80,0.50"],
+              ["large red rubber sphere at 0.50,0.80"],
+              ["small red metal cube at 0.50,0.50"],
+              []]
+    held = [[True], [False], [False], [False], [False], [False]]
+    cell = {"accuracy": 1 / 6, "asked": asked, "concept_success": held, "judged": judged}
+    res = {"spec": {"task": "relations", "sets": "all", "hold_out": "default"}, "cells": {"composed/K1": cell}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    task = breakdown.get_task("relations")
+    outcomes = [breakdown.relation_outcome(task.parse(a[0]), [breakdown.Obj.parse(t) for t in j])
+                for a, j in zip(asked, judged)]
+    assert outcomes == ["held", "both drawn, misplaced", "second missing", "first missing", "one object for both",
+                        "both missing"]
+    assert [o == "held" for o in outcomes] == [h[0] for h in held]  # the task's own truth, as eval records it
+    assert breakdown.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| held-out color pair | 2 | 50.0% (1/2) | 50.0% (1/2) | 0.0% (0/2) | 0.0% (0/2) | 0.0% (0/2) | 0.0% (0/2) |" in out
+    assert "| seen color pair | 4 | 0.0% (0/4) | 0.0% (0/4) | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) |" in out
+    assert "| left of | 4 | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) | 0.0% (0/4) | 25.0% (1/4) | 0.0% (0/4) |" in out
+    assert "| behind | 1 |" in out and "| right of |" not in out
+    assert "images showing a held-out color pair together: 33.3% (2/6)" in out and "(red with green 2)" in out
+
+
+def test_world_pair_rate_counts_scenes_with_a_held_out_pair():
+    task, split = breakdown.get_task("relations"), breakdown.get_split("relations", "default")
+    rate = breakdown.world_pair_rate(task, split, n=400)
+    # by hand: the same scenes, each checked for two objects of a held-out pair's colors
+    pairs = [set(p) for p in split.across]
+    direct = sum(any(p <= {o.color for o in task.scene(12345, i).objects} for p in pairs) for i in range(400)) / 400
+    assert rate == direct and 0.2 < rate < 0.9
