@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="run folders")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--components", default="1,2")
+    ap.add_argument("--sampler", default="ddim", help="ddim (default) or ddpm, as compdiff eval --sampler")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance-scale", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
@@ -40,13 +41,14 @@ def main() -> None:
         snaps = sorted((run / "snapshots").glob("step-*"))
         for snap in snaps:
             m = load_model(snap, bf16=args.bf16)
-            spec = EvalSpec(task=m.config.task, components=ks, n=args.n, steps=args.steps,
+            spec = EvalSpec(task=m.config.task, components=ks, n=args.n, sampler=args.sampler, steps=args.steps,
                             guidance_scale=args.guidance_scale, methods=("composed",))
             method = {"composed": Method("composed", m.denoiser, m.encoder, "sum", False, m.schedule)}
             out = Path(args.out) / run.name / snap.name
             res = run_eval(spec, method, judge, out, m.config.resolution, progress=True)
             steps = json.loads((snap / "compdiff.json").read_text())["training"]["steps"]
-            variant = "bump channel + embedding" if m.config.uses_bump else "global embedding only"
+            variant = ("bump channel + embedding" if m.config.uses_bump else
+                       "tokens (cross-attention) + embedding" if m.config.cross_attention else "global embedding only")
             rows.append((run.name, variant, steps, [res["cells"][f"composed/K{k}"]["accuracy"] for k in ks]))
     lines = ["| run | conditioning | training steps | " + " | ".join(f"K={k}" for k in ks) + " |",
              "|---|---|---|" + "---|" * len(ks)]
