@@ -33,10 +33,22 @@
 # bf16, --bf16 autocast makes every convolution 50-90x slower (bench/bf16_conv.py), so it is not used).
 # Composed + ULA gets the same model evaluations per image: DDPM 25 steps + 2 ULA steps on the
 # cleaner half of the run.
+# Environment: PROCS (default 1) processes per evaluation, under `accelerate launch --multi_gpu`
+# (CPU processes where torch sees no GPU; the files are bit-identical to one process'); N (default
+# 256) sets per cell; REPORTS (default reports) the folder the reports go under; PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+procs=${PROCS:-1} n=${N:-256} root=${REPORTS:-reports}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( procs > 1 ? 1 : 2 ))}
+evaluate() {  # compdiff eval "$@" on $procs processes
+  if [ "$procs" -gt 1 ]; then
+    "$py" -m accelerate.commands.launch --multi_gpu --num_processes "$procs" --num_machines 1 --mixed_precision no \
+      --dynamo_backend no -m compdiff eval "$@"
+  else
+    "$py" -m compdiff eval "$@"
+  fi
+}
 task=${1:-attributes}
 ddpm50=(--sampler ddpm --steps 50)
 ula=(--sampler ddpm --steps 25 --correct ula --corrector-steps 2)   # the same model evaluations per image
@@ -49,35 +61,35 @@ case "$task" in
     comp=${COMPOSED:-runs/objects32xcs-le2/snapshots/step-0002500}
     joint=${JOINT:-runs/objects32xcs-le2-joint/snapshots/step-0002500}
     oracle=${ORACLE:-runs/objects32-le2-oracle/model}
-    common=(--task objects --n 256 --guidance-scale 3 --hold-out le2 --model "$comp" --no-progress --components 1,2,3,4,5)
+    common=(--task objects --n "$n" --guidance-scale 3 --hold-out le2 --model "$comp" --no-progress --components 1,2,3,4,5)
     if [ "$task" = objects ]; then
       methods=composed,joint extra=()
       [ -f "$oracle/compdiff.json" ] && methods+=,joint-oracle extra=(--oracle-joint-model "$oracle")
-      "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --methods "$methods" --joint-model "$joint" "${extra[@]}" \
-        --out reports/beyond-objects
+      evaluate "${common[@]}" "${ddpm50[@]}" --methods "$methods" --joint-model "$joint" "${extra[@]}" \
+        --out "$root"/beyond-objects
     else
-      "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --methods composed --out reports/beyond-objects-ula
+      evaluate "${common[@]}" "${ula[@]}" --methods composed --out "$root"/beyond-objects-ula
     fi
     exit 0 ;;
   *) echo "bench/beyond_training.sh: unknown task $task (attributes, objects, objects-ula, relations)" >&2; exit 2 ;;
 esac
 net=x; [ "$task" = relations ] && net=xcs
 model=${COMPOSED:-runs/${task}32$net-ho/model} joint=${JOINT:-runs/${task}32$net-ho-joint/model}
-common_g=(--task "$task" --n 256 --hold-out "$split" --model "$model" --no-progress)  # all but the guidance
+common_g=(--task "$task" --n "$n" --hold-out "$split" --model "$model" --no-progress)  # all but the guidance
 common=("${common_g[@]}" --guidance-scale 3)
 for sets in held-out seen; do
   ks=$held; [ "$sets" = seen ] && ks=1,2,3
-  "$py" -m compdiff eval "${common[@]}" "${ddpm50[@]}" --components "$ks" --sets "$sets" --methods composed,joint \
-    --joint-model "$joint" --out "reports/beyond-$task-$sets"
+  evaluate "${common[@]}" "${ddpm50[@]}" --components "$ks" --sets "$sets" --methods composed,joint \
+    --joint-model "$joint" --out "$root/beyond-$task-$sets"
 done
 for sets in held-out seen; do
   ks=$held; [ "$sets" = seen ] && ks=1,2,3
-  "$py" -m compdiff eval "${common[@]}" "${ula[@]}" --components "$ks" --sets "$sets" --methods composed \
-    --out "reports/beyond-$task-$sets-ula"
+  evaluate "${common[@]}" "${ula[@]}" --components "$ks" --sets "$sets" --methods composed \
+    --out "$root/beyond-$task-$sets-ula"
 done
 # the guidance scale, applied to both methods, on the first held-out K
 k=${held%%,*}
 for g in 9 5; do
-  "$py" -m compdiff eval "${common_g[@]}" --guidance-scale "$g" "${ddpm50[@]}" --components "$k" --sets held-out \
-    --methods composed,joint --joint-model "$joint" --out "reports/beyond-$task-held-out-g$g"
+  evaluate "${common_g[@]}" --guidance-scale "$g" "${ddpm50[@]}" --components "$k" --sets held-out \
+    --methods composed,joint --joint-model "$joint" --out "$root/beyond-$task-held-out-g$g"
 done
