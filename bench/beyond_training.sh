@@ -21,9 +21,10 @@
 #         --pixel-coords --token-sink --hold-out le2 --joint --joint-subsets
 #     STEPS=2500 NAME=objects32-le2-oracle bench/train_shipped.sh objects --hold-out le2 --joint --joint-subsets
 #   relations (split default: 7 of the 28 color pairs never in one scene; the objects task's
-#   pixel coordinates and sink token, on both models):
+#   pixel coordinates and sink token, on both models; --omit-prob 0: the composed model's labels
+#   are complete descriptions, as each relation of a joint label is, and as evaluation asks):
 #     STEPS=5000 NAME=relations32xcs-ho bench/train_shipped.sh relations --cross-attention --max-objects 3 \
-#         --pixel-coords --token-sink --hold-out default
+#         --pixel-coords --token-sink --hold-out default --omit-prob 0
 #     STEPS=5000 NAME=relations32xcs-ho-joint bench/train_shipped.sh relations --cross-attention --max-objects 3 \
 #         --pixel-coords --token-sink --hold-out default --joint --joint-subsets
 #   COMPOSED, JOINT (attributes, relations): other model folders, e.g. a snapshot

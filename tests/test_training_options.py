@@ -106,10 +106,10 @@ TINY = ["--task", "relations", "--resolution", "16", "--channels", "16,32", "--l
 def test_train_with_every_knob_and_sample(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--cross-attention", "--attention-levels", "2", "--prediction", "v",
-                 "--loss-weighting", "min-snr", "--out", str(out)]) == 0
+                 "--loss-weighting", "min-snr", "--omit-prob", "0", "--out", str(out)]) == 0
     meta = json.loads((out / "model" / "compdiff.json").read_text())
     assert meta["model"]["prediction"] == "v_prediction" and meta["model"]["attention_levels"] == 2
-    assert meta["training"]["loss_weighting"] == "min-snr"
+    assert meta["training"]["loss_weighting"] == "min-snr" and meta["training"]["omit_prob"] == 0.0
     m = load_model(out / "model")
     assert m.denoiser.prediction == "v_prediction"
     img = tmp_path / "s.png"
@@ -124,6 +124,8 @@ def test_train_with_every_knob_and_sample(tmp_path):
     (["--prediction", "x0"], "--prediction"),
     (["--loss-weighting", "p2"], "--loss-weighting"),
     (["--token-sink"], "--token-sink applies to --cross-attention"),
+    (["--omit-prob", "1"], "--omit-prob"),
+    (["--omit-prob", "0", "--joint"], "--omit-prob applies to one-concept labels"),
 ])
 def test_bad_knobs_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
@@ -206,3 +208,38 @@ def test_the_sink_comes_first_is_never_masked_and_is_saved(tmp_path):
     from safetensors.torch import load_file
     saved = load_file(str(out / "model" / "cond_tokens.safetensors"))
     assert torch.equal(saved["sink"], m.denoiser.net.cond_tokens.sink.detach())  # in the file, and loaded from it
+
+
+def _attribute_words(rows):
+    """(N, 9) relations rows -> (N, 8) bool: which attribute words the label gives (0 = left out)."""
+    return torch.cat([rows[:, :4], rows[:, 5:]], 1) != 0
+
+
+@pytest.mark.parametrize("scenes", ["python", "torch"])
+def test_omit_prob_zero_gives_complete_descriptions_on_both_paths(scenes):
+    from compdiff.world import WorldDataset
+
+    def labels(**kw):
+        data = WorldDataset("relations", 16, seed=3, null_prob=0.0, length=10**4, **kw)
+        if scenes == "python":
+            return data.batch(range(200)).cond
+        return data.device_batch(torch.Generator().manual_seed(3), 200, "cpu").cond
+
+    default, complete = _attribute_words(labels()), _attribute_words(labels(omit_prob=0.0))
+    assert complete.all()  # every word of both objects, as a joint label lists them
+    assert 0.6 < default.float().mean() < 0.8  # the task's own 0.3 leaves out about 30% of the words
+    assert get_task("relations").omit_prob == 0.3  # the registered task is untouched
+    half = _attribute_words(labels(omit_prob=0.5)).float().mean()
+    assert 0.4 < half < 0.6
+
+
+def test_omit_prob_refuses_tasks_without_words_and_joint_labels():
+    from compdiff.errors import InputError
+    from compdiff.world import WorldDataset
+
+    with pytest.raises(InputError, match="not objects"):
+        WorldDataset("objects", 16, seed=0, omit_prob=0.0)
+    with pytest.raises(InputError, match="joint label"):
+        WorldDataset("relations", 16, seed=0, joint=True, omit_prob=0.0)
+    with pytest.raises(InputError, match=r"\[0, 1\)"):
+        WorldDataset("relations", 16, seed=0, omit_prob=1.0)

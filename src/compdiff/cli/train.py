@@ -93,6 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--joint-subsets", action="store_true",
                    help="with --joint: each image's label is a random non-empty subset of its true concepts, so "
                         "every K asked at evaluation is inside the joint model's training distribution")
+    p.add_argument("--omit-prob", type=float_in(0, 1, hi_open=True), default=None, metavar="P",
+                   help="relations and described: the chance that a training label leaves out each attribute "
+                        "word (default: the task's own, 0.3). 0 labels every image with complete descriptions, "
+                        "the concepts a --joint model reads: use it for the composed side of that comparison")
     p.add_argument("--scenes", choices=["torch", "python"], default=None,
                    help="where training scenes are drawn: torch = sampled, labelled and rendered as tensors on the "
                         "training device (a GPU run renders on the GPU); python = per scene on the CPU (the "
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                       joint_subsets=args.joint_subsets, scenes=args.scenes or _default_scenes(args),
                       prediction="v_prediction" if args.prediction == "v" else "epsilon",
                       loss_weighting=args.loss_weighting, attention_levels=args.attention_levels,
-                      pixel_coords=args.pixel_coords, token_sink=args.token_sink)
+                      pixel_coords=args.pixel_coords, token_sink=args.token_sink, omit_prob=args.omit_prob)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if result.interrupted_by:
         print(f"compdiff: {result.interrupted_by}: checkpoint saved at step {result.steps_done}; "

@@ -93,6 +93,7 @@ class TrainConfig:
     attention_levels: int = 1  # cross_attention at the lowest this many resolutions
     pixel_coords: bool = False  # input channels saying where each pixel is (nn.conditioning.coord_channels)
     token_sink: bool = False  # cross_attention: a learned token before the condition's (nn.conditioning.WithSink)
+    omit_prob: float | None = None  # relations/described labels: chance each attribute word is left out (None: task's)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(task=self.task, resolution=self.resolution, spatial=self.spatial,
@@ -130,6 +131,13 @@ class TrainConfig:
             get_split(self.task, self.hold_out)
         if self.joint_subsets and not self.joint:
             raise InputError("--joint-subsets applies to the joint baseline (--joint) only")
+        if self.omit_prob is not None:
+            _check_real("omit_prob", self.omit_prob, 0.0, 1.0, hi_open=True)
+            if not hasattr(task, "omit_prob"):
+                raise InputError(f"--omit-prob applies to tasks whose labels leave out words (relations, "
+                                 f"described), not {task.name}")
+            if self.joint:
+                raise InputError("--omit-prob applies to one-concept labels; a --joint label lists its concepts whole")
         if self.prediction not in PREDICTIONS:
             raise InputError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if self.loss_weighting not in WEIGHTINGS:
@@ -316,7 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
                         length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint,
-                        max_objects=cfg.max_objects, joint_subsets=cfg.joint_subsets,
+                        max_objects=cfg.max_objects, joint_subsets=cfg.joint_subsets, omit_prob=cfg.omit_prob,
                         hold_out=get_split(cfg.task, cfg.hold_out) if cfg.hold_out else None)
 
     stop = _Stop()
@@ -451,6 +459,8 @@ def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done:
         info["hold_out"] = get_split(cfg.task, cfg.hold_out).to_json()
     if cfg.joint_subsets:
         info["joint_subsets"] = True
+    if cfg.omit_prob is not None:
+        info["omit_prob"] = cfg.omit_prob
     if cfg.loss_weighting != "none":
         info["loss_weighting"] = cfg.loss_weighting
     info["scenes"] = cfg.scenes

@@ -24,6 +24,11 @@ Return types (NamedTuples, so they unpack like tuples):
   them (size uniform in 1..min(true, Kmax)), so that every set size asked at
   evaluation lies inside the joint model's training distribution.
 
+``omit_prob`` (relations, described; default the task's own, 0.3) is the chance that a
+one-concept label leaves out each attribute word. 0 labels every image with a complete
+description, as a joint label lists its concepts: the composed side of a comparison with a
+joint model then learns the same concepts the joint model reads.
+
 ``max_objects`` (default: the task's own) caps the objects per scene, e.g. to
 train on scenes of at most 2 objects and test composition beyond them.
 ``hold_out`` (a ``world.holdout`` split) redraws every scene that shows one of
@@ -38,6 +43,8 @@ indices. ``step_generator(step, rank, device)`` makes that generator from
 ``joint=False`` only.
 """
 from __future__ import annotations
+
+import copy
 
 from typing import NamedTuple, Sequence
 
@@ -81,8 +88,19 @@ class WorldDataset(Dataset):
     def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
                  length: int = 100_000, joint: bool = False,
                  max_concepts: int | None = None, max_objects: int | None = None,
-                 hold_out: HoldOut | None = None, joint_subsets: bool = False) -> None:
+                 hold_out: HoldOut | None = None, joint_subsets: bool = False,
+                 omit_prob: float | None = None) -> None:
         self.task = get_task(task)
+        if omit_prob is not None:  # this dataset's own copy of the task, never the registered one
+            if not hasattr(self.task, "omit_prob"):
+                raise InputError(f"omit_prob applies to tasks whose labels omit words (relations, described), "
+                                 f"not {self.task.name}")
+            if joint:
+                raise InputError("omit_prob applies to one-concept labels: a joint label lists its concepts whole")
+            if not 0.0 <= omit_prob < 1.0:
+                raise InputError(f"omit_prob must be in [0, 1), got {omit_prob}")
+            self.task = copy.copy(self.task)
+            self.task.omit_prob = float(omit_prob)
         if hold_out is not None and hold_out.task != self.task.name:
             raise InputError(f"the held-out split {hold_out.name!r} belongs to task {hold_out.task}, "
                              f"not {self.task.name}")
