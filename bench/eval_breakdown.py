@@ -18,7 +18,8 @@ saying so). Prints markdown:
   (fewer, exactly K, more), and the histogram of counts;
 * relations: what became of each asked relation on the judged objects (held; both objects drawn
   but misplaced; one object matching both sides; the first, the second or both not drawn), for
-  held-out and seen color pairs apart and per relation word; with a split of color pairs, how
+  held-out and seen color pairs apart and per relation word, and how often the relation held when
+  both objects were drawn against random placement; with a split of color pairs, how
   many images show a held-out pair together, asked or not, against the world's rate.
 
 Nothing is generated: it reads the JSON (and draws world scenes for the reference rate).
@@ -137,14 +138,18 @@ def held_out_pairs_drawn(split, cell, reference: float) -> list[str]:
     return lines
 
 
-def relation_outcome(concept, objects) -> str:
+def relation_outcome(concept, objects, held: bool | None = None) -> str:
     """What became of one asked relation among the judged objects (one of ``REL_OUTCOMES``). "held"
     is the task's own truth: some ordered pair of distinct objects matches both sides and stands in
-    the relation."""
+    the relation. ``held``: the evaluation's own verdict, which read exact positions; the report's
+    objects carry them rounded to 0.01, which can move a pair across the 0.05 margin, so pass it
+    where it is known."""
     firsts = [i for i, o in enumerate(objects) if concept.first.matches(o)]
     seconds = [j for j, o in enumerate(objects) if concept.second.matches(o)]
     pairs = [(i, j) for i in firsts for j in seconds if i != j]
-    if any(relation_holds(concept.rel, objects[i], objects[j]) for i, j in pairs):
+    if held is None:
+        held = any(relation_holds(concept.rel, objects[i], objects[j]) for i, j in pairs)
+    if held:
         return "held"
     if pairs:
         return "both drawn, misplaced"
@@ -155,14 +160,29 @@ def relation_outcome(concept, objects) -> str:
     return "both missing"
 
 
+def chance_placement(task, n: int = 2000, seed: int = 12345) -> float:
+    """How often an ordered pair of distinct objects of a world scene stands in a relation (the mean
+    over the four): what a model that draws both objects but places them at random would get."""
+    hits = total = 0
+    for i in range(n):
+        objects = task.scene(seed, i).objects
+        for a in objects:
+            for b in objects:
+                if a is not b:
+                    hits += sum(relation_holds(r, a, b) for r in RELATIONS)
+                    total += len(RELATIONS)
+    return hits / total
+
+
 def relation_outcomes(task, split, cell) -> list[str]:
-    """relations: each asked relation's outcome, by held-out / seen color pair and by relation word."""
+    """relations: each asked relation's outcome, by held-out / seen color pair and by relation word ("held"
+    as the evaluation judged it)."""
     groups: dict[str, Counter] = defaultdict(Counter)
-    for asked, judged in zip(cell["asked"], cell["judged"]):
+    for asked, held, judged in zip(cell["asked"], cell["concept_success"], cell["judged"]):
         objects = [Obj.parse(t) for t in judged]
-        for text in asked:
+        for text, ok in zip(asked, held):
             c = task.parse(text)
-            outcome = relation_outcome(c, objects)
+            outcome = relation_outcome(c, objects, bool(ok))
             groups["all"][outcome] += 1
             groups[c.rel][outcome] += 1
             if split is not None and split.across:
@@ -170,9 +190,13 @@ def relation_outcomes(task, split, cell) -> list[str]:
     if not groups:
         return []
     names = [g for g in ("held-out color pair", "seen color pair", *RELATIONS, "all") if g in groups]
+    every = groups["all"]
     return (["| relations asked | n | " + " | ".join(REL_OUTCOMES) + " |", "|---|---|" + "---|" * len(REL_OUTCOMES)]
             + [f"| {g} | {sum(groups[g].values())} | "
-               + " | ".join(pct(groups[g][o], sum(groups[g].values())) for o in REL_OUTCOMES) + " |" for g in names])
+               + " | ".join(pct(groups[g][o], sum(groups[g].values())) for o in REL_OUTCOMES) + " |" for g in names]
+            + ["", f"with both objects drawn, the relation held {pct(every['held'], every['held'] + every[REL_OUTCOMES[1]])}; "
+                   f"two objects placed as the world places them stand in a given relation "
+                   f"{100 * chance_placement(task):.1f}% of the time"])
 
 
 def held_out_drawn(task, split, cell, reference: float) -> list[str]:
