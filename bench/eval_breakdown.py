@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections import Counter, defaultdict
@@ -160,9 +161,11 @@ def relation_outcome(concept, objects, held: bool | None = None) -> str:
     return "both missing"
 
 
+@functools.lru_cache(maxsize=None)
 def chance_placement(task, n: int = 2000, seed: int = 12345) -> float:
     """How often an ordered pair of distinct objects of a world scene stands in a relation (the mean
-    over the four): what a model that draws both objects but places them at random would get."""
+    over the four): what a model that draws both objects but places them at random would get.
+    Computed once per task (every cell of a report asks)."""
     hits = total = 0
     for i in range(n):
         objects = task.scene(seed, i).objects

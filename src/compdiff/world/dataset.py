@@ -45,7 +45,6 @@ indices. ``step_generator(step, rank, device)`` makes that generator from
 from __future__ import annotations
 
 import copy
-
 from typing import NamedTuple, Sequence
 
 import numpy as np
