@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from compile_speed import timed  # bench/ is on the path when this runs as a script: the same interleaving
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,14 +52,9 @@ def main(argv: list[str] | None = None) -> None:
           f"(cross-attention {args.cross_attention}, pixel coords {args.pixel_coords}, sink {args.token_sink}), "
           f"batch {B}, {args.threads} thread(s), {args.reps} interleaved reps; torch {torch.__version__}, "
           f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    a, b = [], []
     with torch.inference_mode():
         y, y_last = net(x, t, cond), last(x_last, t, cond)  # warm-up
-        for _ in range(args.reps):
-            for f, out in ((lambda: net(x, t, cond), a), (lambda: last(x_last, t, cond), b)):
-                t0 = time.perf_counter()
-                f()
-                out.append(time.perf_counter() - t0)
+        a, b = timed(lambda: net(x, t, cond), args.reps, lambda: last(x_last, t, cond))
     ma, mb = statistics.median(a), statistics.median(b)
     print("| what | batch | default (s, median) | channels_last (s, median) | default / channels_last | max abs diff |")
     print("|---|---|---|---|---|---|")

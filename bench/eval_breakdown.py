@@ -36,7 +36,7 @@ from pathlib import Path
 
 from compdiff.world import Obj, Scene, get_task
 from compdiff.world.holdout import get_split
-from compdiff.world.tasks.relations import RELATIONS, relation_holds
+from compdiff.world.tasks.relations import RELATIONS
 
 KINDS = ("size", "color", "material", "shape")
 #: both halves held / only the first / only the second / neither, as (first held, second held)
@@ -139,7 +139,7 @@ def held_out_pairs_drawn(split, cell, reference: float) -> list[str]:
     return lines
 
 
-def relation_outcome(concept, objects, held: bool | None = None) -> str:
+def relation_outcome(task, concept, objects, held: bool | None = None) -> str:
     """What became of one asked relation among the judged objects (one of ``REL_OUTCOMES``). "held"
     is the task's own truth: some ordered pair of distinct objects matches both sides and stands in
     the relation. ``held``: the evaluation's own verdict, which read exact positions; the report's
@@ -149,7 +149,7 @@ def relation_outcome(concept, objects, held: bool | None = None) -> str:
     seconds = [j for j, o in enumerate(objects) if concept.second.matches(o)]
     pairs = [(i, j) for i in firsts for j in seconds if i != j]
     if held is None:
-        held = any(relation_holds(concept.rel, objects[i], objects[j]) for i, j in pairs)
+        held = task.holds(concept, Scene(tuple(objects), "free"))
     if held:
         return "held"
     if pairs:
@@ -166,15 +166,9 @@ def chance_placement(task, n: int = 2000, seed: int = 12345) -> float:
     """How often an ordered pair of distinct objects of a world scene stands in a relation (the mean
     over the four): what a model that draws both objects but places them at random would get.
     Computed once per task (every cell of a report asks)."""
-    hits = total = 0
-    for i in range(n):
-        objects = task.scene(seed, i).objects
-        for a in objects:
-            for b in objects:
-                if a is not b:
-                    hits += sum(relation_holds(r, a, b) for r in RELATIONS)
-                    total += len(RELATIONS)
-    return hits / total
+    scenes = [task.scene(seed, i) for i in range(n)]
+    pairs = sum(len(s.objects) * (len(s.objects) - 1) for s in scenes)
+    return sum(len(task.true_concepts(s)) for s in scenes) / (pairs * len(RELATIONS))
 
 
 def relation_outcomes(task, split, cell) -> list[str]:
@@ -185,7 +179,7 @@ def relation_outcomes(task, split, cell) -> list[str]:
         objects = [Obj.parse(t) for t in judged]
         for text, ok in zip(asked, held):
             c = task.parse(text)
-            outcome = relation_outcome(c, objects, bool(ok))
+            outcome = relation_outcome(task, c, objects, bool(ok))
             groups["all"][outcome] += 1
             groups[c.rel][outcome] += 1
             if split is not None and split.across:

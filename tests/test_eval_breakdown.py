@@ -189,7 +189,7 @@ def test_relations_outcomes_by_pair_and_word(tmp_path, capsys):
     res = {"spec": {"task": "relations", "sets": "all", "hold_out": "default"}, "cells": {"composed/K1": cell}}
     (tmp_path / "results.json").write_text(json.dumps(res))
     task = breakdown.get_task("relations")
-    outcomes = [breakdown.relation_outcome(task.parse(a[0]), [breakdown.Obj.parse(t) for t in j])
+    outcomes = [breakdown.relation_outcome(task, task.parse(a[0]), [breakdown.Obj.parse(t) for t in j])
                 for a, j in zip(asked, judged)]
     assert outcomes == ["held", "both drawn, misplaced", "second missing", "first missing", "one object for both",
                         "both missing"]

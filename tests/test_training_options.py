@@ -125,7 +125,8 @@ def test_train_with_every_knob_and_sample(tmp_path):
     (["--loss-weighting", "p2"], "--loss-weighting"),
     (["--token-sink"], "--token-sink applies to --cross-attention"),
     (["--omit-prob", "1"], "--omit-prob"),
-    (["--omit-prob", "0", "--joint"], "--omit-prob applies to one-concept labels"),
+    (["--omit-prob", "0", "--joint"], "--omit-prob: it applies to one-concept labels"),
+    (["--omit-prob", "0", "--task", "objects"], "--omit-prob: it applies to tasks whose labels leave out words"),
 ])
 def test_bad_knobs_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):
     out = tmp_path / "run"

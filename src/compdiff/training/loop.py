@@ -32,7 +32,7 @@ from compdiff.training.checkpoint import (CKPT_DIR, RUN_LAYOUT, clear_folder, de
                                          load_checkpoint, recover_dir, replace_dir, save_checkpoint, tmp_dir_for,
                                          unknown_entries)
 from compdiff.world import WorldDataset, get_task
-from compdiff.world.dataset import check_max_objects
+from compdiff.world.dataset import check_max_objects, check_omit_prob
 from compdiff.world.holdout import get_split
 
 RUN_FILE = "run.json"
@@ -131,13 +131,10 @@ class TrainConfig:
             get_split(self.task, self.hold_out)
         if self.joint_subsets and not self.joint:
             raise InputError("--joint-subsets applies to the joint baseline (--joint) only")
-        if self.omit_prob is not None:
-            _check_real("omit_prob", self.omit_prob, 0.0, 1.0, hi_open=True)
-            if not hasattr(task, "omit_prob"):
-                raise InputError(f"--omit-prob applies to tasks whose labels leave out words (relations, "
-                                 f"described), not {task.name}")
-            if self.joint:
-                raise InputError("--omit-prob applies to one-concept labels; a --joint label lists its concepts whole")
+        try:
+            check_omit_prob(task, self.omit_prob, self.joint)
+        except InputError as err:
+            raise InputError(f"--omit-prob: {err}") from None
         if self.prediction not in PREDICTIONS:
             raise InputError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if self.loss_weighting not in WEIGHTINGS:

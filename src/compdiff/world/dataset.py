@@ -83,6 +83,19 @@ def check_max_objects(task: Task, max_objects: int | None) -> int:
     return int(max_objects)
 
 
+def check_omit_prob(task: Task, omit_prob: float | None, joint: bool) -> None:
+    """InputError unless ``omit_prob`` (None: the task's own) can apply: a task whose labels leave
+    out words (``task.omit_prob``), one-concept labels (not joint), a chance in [0, 1)."""
+    if omit_prob is None:
+        return
+    if not hasattr(task, "omit_prob"):
+        raise InputError(f"it applies to tasks whose labels leave out words (relations, described), not {task.name}")
+    if joint:
+        raise InputError("it applies to one-concept labels; a joint label lists its concepts whole")
+    if isinstance(omit_prob, bool) or not isinstance(omit_prob, (int, float)) or not 0.0 <= omit_prob < 1.0:
+        raise InputError(f"it must be a chance in [0, 1), got {omit_prob!r}")
+
+
 class WorldDataset(Dataset):
     def __init__(self, task: str | Task, resolution: int, seed: int, null_prob: float = 0.1,
                  length: int = 100_000, joint: bool = False,
@@ -90,14 +103,11 @@ class WorldDataset(Dataset):
                  hold_out: HoldOut | None = None, joint_subsets: bool = False,
                  omit_prob: float | None = None) -> None:
         self.task = get_task(task)
+        try:
+            check_omit_prob(self.task, omit_prob, joint)
+        except InputError as err:
+            raise InputError(f"omit_prob: {err}") from None
         if omit_prob is not None:  # this dataset's own copy of the task, never the registered one
-            if not hasattr(self.task, "omit_prob"):
-                raise InputError(f"omit_prob applies to tasks whose labels omit words (relations, described), "
-                                 f"not {self.task.name}")
-            if joint:
-                raise InputError("omit_prob applies to one-concept labels: a joint label lists its concepts whole")
-            if not 0.0 <= omit_prob < 1.0:
-                raise InputError(f"omit_prob must be in [0, 1), got {omit_prob}")
             self.task = copy.copy(self.task)
             self.task.omit_prob = float(omit_prob)
         if hold_out is not None and hold_out.task != self.task.name:
