@@ -191,7 +191,7 @@ def relation_outcomes(task, split, cell) -> list[str]:
     return (["| relations asked | n | " + " | ".join(REL_OUTCOMES) + " |", "|---|---|" + "---|" * len(REL_OUTCOMES)]
             + [f"| {g} | {sum(groups[g].values())} | "
                + " | ".join(pct(groups[g][o], sum(groups[g].values())) for o in REL_OUTCOMES) + " |" for g in names]
-            + ["", f"with both objects drawn, the relation held {pct(every['held'], every['held'] + every[REL_OUTCOMES[1]])}; "
+            + ["", f"with both objects drawn, the relation held {pct(every['held'], every['held'] + every['both drawn, misplaced'])}; "
                    f"two objects placed as the world places them stand in a given relation "
                    f"{100 * chance_placement(task):.1f}% of the time"])
 
