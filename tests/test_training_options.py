@@ -118,6 +118,14 @@ def test_train_with_every_knob_and_sample(tmp_path):
     assert img.stat().st_size > 0
 
 
+def test_joint_train_with_words_left_out_records_it(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--cross-attention", "--joint", "--joint-subsets", "--omit-prob", "0.3",
+                 "--out", str(out)]) == 0
+    meta = json.loads((out / "model" / "compdiff.json").read_text())
+    assert meta["model"]["joint"] is True and meta["training"]["omit_prob"] == 0.3
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--attention-levels", "2"], "--attention-levels applies to --cross-attention"),
     (["--cross-attention", "--attention-levels", "3"], "--attention-levels must be 1..2"),
@@ -125,7 +133,6 @@ def test_train_with_every_knob_and_sample(tmp_path):
     (["--loss-weighting", "p2"], "--loss-weighting"),
     (["--token-sink"], "--token-sink applies to --cross-attention"),
     (["--omit-prob", "1"], "--omit-prob"),
-    (["--omit-prob", "0", "--joint"], "--omit-prob: it applies to one-concept labels"),
     (["--omit-prob", "0", "--task", "objects"], "--omit-prob: it applies to tasks whose labels leave out words"),
 ])
 def test_bad_knobs_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):
@@ -234,13 +241,41 @@ def test_omit_prob_zero_gives_complete_descriptions_on_both_paths(scenes):
     assert 0.4 < half < 0.6
 
 
-def test_omit_prob_refuses_tasks_without_words_and_joint_labels():
+def test_omit_prob_refuses_tasks_without_words_and_bad_chances():
     from compdiff.errors import InputError
     from compdiff.world import WorldDataset
 
     with pytest.raises(InputError, match="not objects"):
         WorldDataset("objects", 16, seed=0, omit_prob=0.0)
-    with pytest.raises(InputError, match="joint label"):
-        WorldDataset("relations", 16, seed=0, joint=True, omit_prob=0.0)
+    with pytest.raises(InputError, match="not objects"):
+        WorldDataset("objects", 16, seed=0, joint=True, omit_prob=0.3)
     with pytest.raises(InputError, match=r"\[0, 1\)"):
         WorldDataset("relations", 16, seed=0, omit_prob=1.0)
+
+
+@pytest.mark.parametrize("task", ["relations", "described"])
+def test_joint_labels_leave_out_words_only_when_asked(task):
+    from compdiff.world import WorldDataset
+
+    kw = dict(seed=4, length=10**4, joint=True, joint_subsets=True, max_objects=3)
+    whole, same, half = (WorldDataset(task, 16, **kw), WorldDataset(task, 16, **kw),
+                         WorldDataset(task, 16, omit_prob=0.5, **kw))
+    words = [0, 1, 2, 3, 5, 6, 7, 8] if task == "relations" else [0, 1, 2, 3]
+    n_whole = n_half = 0
+    for i in range(150):
+        (cw, mw), (ch, mh) = whole._label(i, whole.scene(i)), half._label(i, half.scene(i))
+        assert torch.equal(cw, same._label(i, same.scene(i))[0])  # the default stream is unchanged
+        assert torch.equal(mw, mh)  # the same subset, the same size
+        assert (cw[mw][:, words] != 0).all()  # without omit_prob a joint label is whole
+        # each concept is the whole one with some words left out (0 = any), never another value
+        kept = ch[mh][:, words]
+        assert ((kept == 0) | (kept == cw[mw][:, words])).all()
+        assert torch.equal(ch[mh][:, 4:5] if task == "relations" else ch[mh][:, :0],
+                           cw[mw][:, 4:5] if task == "relations" else cw[mw][:, :0])  # the relation stays
+        scene = half.scene(i)
+        assert all(half.task.holds(c, scene) for c in half.task.from_tensor(ch[mh]))  # still true
+        n_whole += kept.numel()
+        n_half += int((kept == 0).sum())
+    frac = n_half / n_whole
+    lo, hi = (0.4, 0.6) if task == "relations" else (0.42, 0.6)  # described redraws an all-omitted draw
+    assert lo < frac < hi, frac

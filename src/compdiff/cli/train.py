@@ -96,7 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--omit-prob", type=float_in(0, 1, hi_open=True), default=None, metavar="P",
                    help="relations and described: the chance that a training label leaves out each attribute "
                         "word (default: the task's own, 0.3). 0 labels every image with complete descriptions, "
-                        "the concepts a --joint model reads: use it for the composed side of that comparison")
+                        "the concepts a --joint model reads: use it for the composed side of that comparison. "
+                        "With --joint (whose labels are otherwise whole), each concept of a label leaves out "
+                        "words with this chance, so both sides can train on the same words-left-out labels")
     p.add_argument("--scenes", choices=["torch", "python"], default=None,
                    help="where training scenes are drawn: torch = sampled, labelled and rendered as tensors on the "
                         "training device (a GPU run renders on the GPU); python = per scene on the CPU (the "

@@ -27,7 +27,10 @@ Return types (NamedTuples, so they unpack like tuples):
 ``omit_prob`` (relations, described; default the task's own, 0.3) is the chance that a
 one-concept label leaves out each attribute word. 0 labels every image with a complete
 description, as a joint label lists its concepts: the composed side of a comparison with a
-joint model then learns the same concepts the joint model reads.
+joint model then learns the same concepts the joint model reads. A joint label lists its
+concepts whole unless ``omit_prob`` is given: then each concept of it leaves out words with
+that chance (``task.leave_out_words``), so both sides of a comparison can be trained on the
+same words-left-out labels.
 
 ``max_objects`` (default: the task's own) caps the objects per scene, e.g. to
 train on scenes of at most 2 objects and test composition beyond them.
@@ -85,13 +88,14 @@ def check_max_objects(task: Task, max_objects: int | None) -> int:
 
 def check_omit_prob(task: Task, omit_prob: float | None, joint: bool) -> None:
     """InputError unless ``omit_prob`` (None: the task's own) can apply: a task whose labels leave
-    out words (``task.omit_prob``), one-concept labels (not joint), a chance in [0, 1)."""
+    out words (``task.omit_prob``; for joint labels also ``task.leave_out_words``), a chance in
+    [0, 1)."""
     if omit_prob is None:
         return
     if not hasattr(task, "omit_prob"):
         raise InputError(f"it applies to tasks whose labels leave out words (relations, described), not {task.name}")
-    if joint:
-        raise InputError("it applies to one-concept labels; a joint label lists its concepts whole")
+    if joint and not hasattr(task, "leave_out_words"):
+        raise InputError(f"task {task.name} cannot leave words out of a joint label (no leave_out_words)")
     if isinstance(omit_prob, bool) or not isinstance(omit_prob, (int, float)) or not 0.0 <= omit_prob < 1.0:
         raise InputError(f"it must be a chance in [0, 1), got {omit_prob!r}")
 
@@ -120,6 +124,7 @@ class WorldDataset(Dataset):
         if joint_subsets and not joint:
             raise InputError("joint_subsets applies to joint datasets (joint=True) only")
         self.joint_subsets = joint_subsets
+        self.joint_omit = joint and omit_prob is not None  # joint labels leave out words only when asked
         if not 0.0 <= null_prob <= 1.0:
             raise ValueError(f"null_prob must be in [0, 1], got {null_prob}")
         if length < 1 or seed < 0:
@@ -163,6 +168,8 @@ class WorldDataset(Dataset):
             elif len(true) > self.max_concepts:
                 keep = np.sort(rng.permutation(len(true))[: self.max_concepts])
                 true = [true[k] for k in keep]
+            if self.joint_omit:  # after the choice above: the same concepts as without, words left out
+                true = [self.task.leave_out_words(c, rng) for c in true]
             cond = self.task.null_row().repeat(self.max_concepts, 1)
             if true:
                 cond[: len(true)] = self.task.to_tensor(true)

@@ -91,11 +91,14 @@ class DescribedTask(Task[Desc]):
         """A uniform object's full description, each word omitted with prob. ``omit_prob``; a draw
         that omits all four is redrawn (the label always names something; see the module docstring)."""
         o = scene.objects[int(rng.integers(len(scene.objects)))]
+        return self.leave_out_words(Desc.of(o), rng)
+
+    def leave_out_words(self, full: Desc, rng: np.random.Generator) -> Desc:
+        """``full`` with each word left out with prob. ``omit_prob``, redrawn until one stays."""
         while True:
             keep = rng.random(4) >= self.omit_prob
             if keep.any():
                 break
-        full = Desc.of(o)
         return Desc(**{n: getattr(full, n) if k else None for n, k in zip(_NAMES, keep)})
 
     def max_true(self, max_objects: int | None = None) -> int:

@@ -247,7 +247,11 @@ class RelationsTask(Task[Relation]):
         full = self.true_concepts(scene)
         if not full:
             raise ValueError("scene has no true relation")
-        c = full[int(rng.integers(len(full)))]
+        return self.leave_out_words(full[int(rng.integers(len(full)))], rng)
+
+    def leave_out_words(self, c: Relation, rng: np.random.Generator) -> Relation:
+        """``c`` with each of its 8 attribute words left out with prob ``omit_prob`` (one draw
+        of 8 uniforms from ``rng``); a true relation stays true."""
         keep = rng.random(8) >= self.omit_prob
         names = [f.name for f in fields(Desc)]
         first = Desc(**{n: getattr(c.first, n) if keep[i] else None for i, n in enumerate(names)})
