@@ -186,6 +186,8 @@ def _expr(pg) -> str:
 
 def _drag(pg, start, end) -> None:
     """A mouse drag on the regions square, from and to fractions of it (may lie outside it)."""
+    # the listeners attach when the component loads, which a busy machine may run after the square shows
+    pg.wait_for_function("() => document.querySelector('[data-drag-ready]') !== null", timeout=UI_MS)
     bb = pg.locator("#regions svg.regions").bounding_box()
     pg.mouse.move(bb["x"] + start[0] * bb["width"], bb["y"] + start[1] * bb["height"])
     pg.mouse.down()

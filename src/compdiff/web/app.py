@@ -43,7 +43,7 @@ CSS = f"""
 #: moves the dashed ``rubber`` rectangle; on release, the two corners (fractions of the square,
 #: x right, y down, clamped into [0, 1]) go to the server as a ``select`` event whose index is
 #: [x0, y0, x1, y1]; ``core.drag_to_box`` sorts, rounds and checks them. A click without a drag
-#: sends nothing.
+#: sends nothing. Once the listeners are on, the root carries ``data-drag-ready``.
 DRAG_JS = """
 const svg = () => element.querySelector('svg.regions');
 const clamp = (v) => Math.min(1, Math.max(0, v));
@@ -85,6 +85,7 @@ const finish = (ev, send) => {
 };
 element.addEventListener('pointerup', (ev) => finish(ev, true));
 element.addEventListener('pointercancel', (ev) => finish(ev, false));
+element.dataset.dragReady = '1';  // the listeners are on: a drag from now on draws a box
 """
 
 INTRO = """\
