@@ -13,8 +13,8 @@ model's mean squared epsilon error is measured under three labels:
 * color changed: the first object's color replaced by one no object of the scene has (false).
 
 Scenes where every true relation's flip holds too (two objects of one description on both
-sides of a third) are skipped. A model that uses a word predicts the noise better under the true label than under the false
-one. The probe reports, per timestep and over all of them, the fraction of images whose true
+sides of a third) are skipped. A model that uses a word predicts the noise better under the
+true label than under the false one. The probe reports, per timestep and over all of them, the fraction of images whose true
 label gives the lower error (50% = the word is not read; an exact tie counts half), and the mean
 relative gap (false - true) / true. This is the "diffusion classifier" reading of a conditional
 model: it asks the network directly, without sampling or the judge.
@@ -43,14 +43,14 @@ PROBES = ("relation flipped", "color changed")
 def labels(task, scene, rng: np.random.Generator) -> tuple[Relation, Relation, Relation] | None:
     """(true, flipped, recolored) for one scene, both false labels false in it; None where every
     true relation's flip holds too (two objects of one description on both sides of a third)."""
-    true = [c for c in task.true_concepts(scene)
-            if not task.holds(Relation(c.first, _FLIP[c.rel], c.second), scene)]
-    if not true:
+    pairs = [(c, Relation(c.first, _FLIP[c.rel], c.second)) for c in task.true_concepts(scene)]
+    pairs = [(c, flipped) for c, flipped in pairs if not task.holds(flipped, scene)]
+    if not pairs:
         return None
-    c = true[int(rng.integers(len(true)))]
+    c, flipped = pairs[int(rng.integers(len(pairs)))]
     absent = [k for k in COLORS if all(o.color != k for o in scene.objects)]
     recolored = Relation(replace(c.first, color=absent[int(rng.integers(len(absent)))]), c.rel, c.second)
-    return c, Relation(c.first, _FLIP[c.rel], c.second), recolored
+    return c, flipped, recolored
 
 
 def probe(model: str, n: int, times: list[int], draws: int, seed: int, batch: int) -> dict:
@@ -80,6 +80,7 @@ def measure(den, enc, sched, ds: WorldDataset, n: int, times: list[int], draws: 
             index.append(i)
             texts.append([task.format(c) for c in got])
     images = ds.batch(index).image
+    conds = [enc.encode([row[li] for row in texts]) for li in range(3)]  # once: the same at every t and draw
     gen = torch.Generator().manual_seed(seed)
     # err[label, time, image]: mean over draws of the per-image epsilon MSE; one noise for all labels
     err = torch.zeros(3, len(times), n, dtype=torch.float64)
@@ -88,11 +89,10 @@ def measure(den, enc, sched, ds: WorldDataset, n: int, times: list[int], draws: 
             eps = torch.randn(images.shape, generator=gen)
             for lo in range(0, n, batch):
                 x0, e = images[lo:lo + batch], eps[lo:lo + batch]
-                tt = torch.full((len(x0),), t, dtype=torch.long)
+                tt = sched.t_batch(t, len(x0), x0.device)
                 xt = sched.add_noise(x0, e, tt)
                 for li in range(3):
-                    cond = enc.encode([row[li] for row in texts[lo:lo + batch]])
-                    pred = den(xt, tt, cond)
+                    pred = den(xt, tt, conds[li][lo:lo + batch])
                     err[li, ti, lo:lo + batch] += ((pred - e) ** 2).mean(dim=(1, 2, 3)).double() / draws
     out = {"n": n, "scenes skipped": index[-1] + 1 - n, "times": times, "draws": draws, "seed": seed, "probes": {}}
     for pi, name in enumerate(PROBES, start=1):
