@@ -9,6 +9,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -90,6 +91,26 @@ def output_problem(path: str | Path, directory: bool = False, create_parents: bo
     return None
 
 
+def folder_problem(path: str | Path) -> str | None:
+    """Why a folder of outputs (a run, a report) cannot be written at ``path``, or None: the checks of
+    :func:`output_problem` (``directory=True``), then a real try, since permission bits do not tell
+    everything (root, a read-only or pseudo file system such as /sys, an immutable folder): a
+    temporary file made and removed at once in the folder, or in its nearest existing ancestor."""
+    problem = output_problem(path, directory=True)
+    if problem:
+        return problem
+    ancestor = Path(path)
+    try:
+        while not ancestor.exists() and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        fd, probe = tempfile.mkstemp(prefix=".compdiff-probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"cannot create files in {_short(ancestor)} ({err.strerror or type(err).__name__})"
+    return None
+
+
 def _short(path: Path, limit: int = 80) -> str:
     from compdiff.expr.display import excerpt
 
@@ -123,32 +144,36 @@ def tmp_dir_for(target: Path) -> Path:
     return target.with_name(f"{target.name}.tmp-{os.getpid()}")
 
 
-def replace_dir(tmp: Path, target: Path) -> None:
+def replace_dir(tmp: Path, target: Path, layout: "Layout | None" = None) -> None:
     """Put the complete folder ``tmp`` at ``target``; the old ``target`` (if any) is removed.
 
     ``target`` is never missing once it existed: the two folders are swapped in one rename, then
     the old one (now at ``tmp``) is deleted. Without RENAME_EXCHANGE: old -> ``NAME.old-<pid>``,
     tmp -> target, delete the old (see :func:`recover_dir`). Other processes' leftovers of
-    ``target`` (``NAME.tmp-*``, ``NAME.old-*``) are removed afterwards."""
+    ``target`` (``NAME.tmp-*``, ``NAME.old-*``) are removed afterwards. With ``layout`` (what the
+    folder holds), the old version loses only the files compdiff writes (:func:`remove_written`)."""
     tmp, target = Path(tmp), Path(target)
     if not os.path.lexists(target):
         os.rename(tmp, target)
     elif _exchange(tmp, target):
-        _remove(tmp)  # the old version
+        _remove(tmp, layout)  # the old version
     else:
         old = target.with_name(f"{target.name}.old-{os.getpid()}")
         if os.path.lexists(old):
-            _remove(old)
+            _remove(old, layout)
         os.rename(target, old)
         os.rename(tmp, target)
-        _remove(old)
-    remove_stale(target)
+        _remove(old, layout)
+    remove_stale(target, layout)
 
 
-def _remove(path: Path) -> None:
-    """Delete a folder, or only the link (or file) where ``path`` is one."""
+def _remove(path: Path, layout: "Layout | None" = None) -> None:
+    """Delete a folder, or only the link (or file) where ``path`` is one; with ``layout``, only
+    the files it describes (a folder holding anything else stays)."""
     if path.is_symlink() or not path.is_dir():
         path.unlink()
+    elif layout is not None:
+        remove_written(path, layout)
     else:
         shutil.rmtree(path)
 
@@ -177,24 +202,77 @@ def interrupted_dir(target: Path) -> Path | None:
     return None
 
 
-def recover_dir(target: Path) -> None:
+def recover_dir(target: Path, layout: "Layout | None" = None) -> None:
     """Repair an interrupted :func:`replace_dir` (put the right folder back at ``target``) and
-    remove the leftovers of killed writers."""
+    remove the leftovers of killed writers (with ``layout``: only the files compdiff writes)."""
     found = interrupted_dir(target)
     if found is not None:
         os.rename(found, target)
-    remove_stale(target)
+    remove_stale(target, layout)
 
 
-def remove_stale(target: Path) -> None:
+def remove_stale(target: Path, layout: "Layout | None" = None) -> None:
     """Delete ``NAME.tmp-<pid>`` / ``NAME.old-<pid>`` beside ``target`` unless <pid> is this process
-    (only once ``target`` exists: otherwise they may be the only copy, see :func:`recover_dir`)."""
+    (only once ``target`` exists: otherwise they may be the only copy, see :func:`recover_dir`).
+    With ``layout`` (what such a folder holds), only the files it names go (:func:`remove_written`)."""
     if not Path(target).is_dir():
         return
     mine = str(os.getpid())
     for p in _siblings(Path(target), "tmp") + _siblings(Path(target), "old"):
         if p.name.rsplit("-", 1)[1] != mine:
-            shutil.rmtree(p, ignore_errors=True)
+            if layout is None:
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                remove_written(p, layout)
 
 
 # ---- what compdiff wrote ---------------------------------------------------------------------
+#: a folder layout: {regular expression a name must match whole: None for a file, or the layout of a
+#: sub-folder}. Exact names: compdiff removes only what matches what it writes, never "step-*"-like globs.
+Layout = dict
+
+
+def _match(name: str, layout: Layout) -> "Layout | None | bool":
+    """The entry of ``layout`` whose pattern matches ``name`` whole, False when none does."""
+    return next((sub for pattern, sub in layout.items() if re.fullmatch(pattern, name)), False)
+
+
+def unknown_entries(folder: Path, layout: Layout, _prefix: str = "") -> list[str]:
+    """Paths (relative to ``folder``) of what ``layout`` does not describe: files or folders
+    compdiff did not write, in any depth. Links are never compdiff's."""
+    unknown = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        rel = _prefix + entry.name
+        sub = _match(entry.name, layout)
+        if entry.is_symlink() or sub is False:
+            unknown.append(rel + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+        elif sub is None:
+            if not entry.is_file(follow_symlinks=False):
+                unknown.append(rel + "/")
+        elif entry.is_dir(follow_symlinks=False):
+            unknown += unknown_entries(Path(entry.path), sub, rel + "/")
+        else:
+            unknown.append(rel)
+    return unknown
+
+
+def remove_written(folder: Path, layout: Layout) -> bool:
+    """Delete what ``layout`` describes in ``folder`` (files by exact name, sub-folders likewise),
+    then ``folder`` itself once it is empty. Anything else (and every link) stays where it is.
+    True when ``folder`` is gone."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    for entry in list(os.scandir(folder)):
+        sub = _match(entry.name, layout)
+        if sub is False or entry.is_symlink():
+            continue
+        if sub is None and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+        elif sub is not None and entry.is_dir(follow_symlinks=False):
+            remove_written(Path(entry.path), sub)
+    try:
+        folder.rmdir()
+    except OSError:  # something compdiff did not write is left in it
+        return False
+    return True

@@ -15,6 +15,7 @@ opens these directories (and diffusers pipelines) for the CLI, the evaluation an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, fields
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,15 @@ from compdiff.world.tasks import get_task
 
 FORMAT = "compdiff-model"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: bounds on every number compdiff.json gives (a model folder must not make compdiff loop or allocate
+#: without bound): integers of 'model' (lo, hi), its sequences (most entries, each lo..hi), and the rest
+MODEL_INTS = {"resolution": (8, 4096), "layers_per_block": (1, 16), "norm_groups": (1, 1024),
+              "attention_levels": (1, 8)}
+MODEL_SEQUENCES = {"channels": (8, 1, 8192), "vocab_sizes": (64, 1, 1_000_000), "token_groups": (64, 0, 63)}
+MAX_KMAX = 1000
+MAX_SAMPLING_STEPS = 1000  # compdiff sample / eval --steps accept as many
+#: ``--dtype`` values a world model honours: it computes in float32 (``--bf16``: bf16 autocast)
+WORLD_DTYPES = ("auto", "float32")
 
 
 class Loaded(NamedTuple):
@@ -117,14 +127,20 @@ def _refuse_pickles(path: Path) -> None:
                          "safetensors only and never unpickles. Re-save them as safetensors.")
 
 
-def load_model(path: str | Path, bf16: bool = False) -> Loaded:
+def load_model(path: str | Path, bf16: bool = False, dtype: str = "auto") -> Loaded:
     """Load a trained model directory (see the module docstring).
 
     A damaged directory is an InputError naming the file and what is wrong with it: compdiff.json
-    unreadable, not an object or lacking a key; a missing unet/ or weight file; weights whose names
-    or shapes differ from the network compdiff.json describes (nothing is silently ignored)."""
+    unreadable, not an object or lacking a key, or a number out of its bounds (``MODEL_INTS``,
+    ``MODEL_SEQUENCES``, the schedule's in ``compdiff.schedule.make_schedule``); a missing unet/ or
+    weight file; weights whose names or shapes differ from the network compdiff.json describes
+    (nothing is silently ignored). ``dtype`` (``--dtype``) other than auto or float32 is refused:
+    world models compute in float32, and bf16 autocast is ``bf16``, never silently ignored."""
     from compdiff.atomic import interrupted_dir
 
+    if dtype not in WORLD_DTYPES:
+        raise InputError(f"--dtype {str(dtype)[:20]}: a compdiff world model computes in float32 (--dtype sets the "
+                         "weights of diffusers pipelines); use --bf16 for bf16 autocast, or leave --dtype auto")
     path = Path(path)
     if not path.is_dir():
         # a run's model/ whose replacement was killed half-way (file systems that cannot swap folders)
@@ -148,9 +164,9 @@ def load_model(path: str | Path, bf16: bool = False) -> Loaded:
     kmax = None
     if cfg.joint:
         kmax = meta.get("training", {}).get("kmax") if isinstance(meta.get("training"), dict) else None
-        if isinstance(kmax, bool) or not isinstance(kmax, int) or kmax < 1:
-            raise InputError(f"{meta_file}: a joint-conditioning model needs 'training': {{'kmax': N}} with N >= 1 "
-                             f"(the largest concept set), got {kmax!r}")
+        if isinstance(kmax, bool) or not isinstance(kmax, int) or not 1 <= kmax <= MAX_KMAX:
+            raise InputError(f"{meta_file}: a joint-conditioning model needs 'training': {{'kmax': N}} with N in "
+                             f"1..{MAX_KMAX} (the largest concept set), got {str(kmax)[:40]!r}")
     unet = _load_unet(path / "unet", cfg, expected.unet, meta_file)
     net = ConditionalUNet(cfg, unet)
     for name, module in _condition_modules(net):
@@ -184,7 +200,8 @@ def _model_config(meta: dict[str, Any], meta_file: Path) -> tuple[ModelConfig, C
             flat = [x for v in value for x in (v if isinstance(v, tuple) else (v,))]
             ok = all(isinstance(x, int) and not isinstance(x, bool) for x in flat)
         if not ok:
-            raise InputError(f"{meta_file}: 'model' has a bad {f.name!r}: {value!r}")
+            raise InputError(f"{meta_file}: 'model' has a bad {f.name!r}: {str(value)[:80]}")
+    _check_bounds(cfg, meta_file)
     if not 8 <= cfg.resolution <= 4096 or not cfg.channels or min(cfg.channels) < 1 or cfg.layers_per_block < 1:
         raise InputError(f"{meta_file}: 'model' has impossible sizes (resolution {cfg.resolution}, "
                          f"channels {list(cfg.channels)}, layers_per_block {cfg.layers_per_block})")
@@ -199,6 +216,26 @@ def _model_config(meta: dict[str, Any], meta_file: Path) -> tuple[ModelConfig, C
         raise InputError(f"{meta_file}: 'model' describes no network compdiff can build "
                          f"({type(err).__name__}: {err})") from None
     return cfg, expected
+
+
+def _check_bounds(cfg: ModelConfig, meta_file: Path) -> None:
+    """Every number of 'model' inside its bound (InputError naming the file and the key), before any
+    network is built: a layers_per_block of 10**9 would otherwise build modules for hours."""
+    def bad(name: str, value: Any, want: str) -> InputError:
+        return InputError(f"{meta_file}: 'model' has {name} {str(value)[:80]}; {want}")
+
+    for name, (lo, hi) in MODEL_INTS.items():
+        value = getattr(cfg, name)
+        if not lo <= value <= hi:
+            raise bad(name, value, f"it must be {lo}..{hi:,}")
+    for name, (most, lo, hi) in MODEL_SEQUENCES.items():
+        value = getattr(cfg, name)
+        flat = [x for v in value for x in (v if isinstance(v, tuple) else (v,))]
+        if len(value) > most or len(flat) > most * most or any(not lo <= x <= hi for x in flat):
+            raise bad(name, list(value)[:8], f"at most {most} entries, each {lo}..{hi:,}")
+    sigma = cfg.bump_sigma
+    if not (math.isfinite(sigma) and 0 < sigma <= 1):
+        raise bad("bump_sigma", sigma, "it must be a number in (0, 1] (a fraction of the image)")
 
 
 def _shape_mismatch(found: dict[str, tuple[int, ...]], module: torch.nn.Module) -> str | None:
@@ -277,12 +314,14 @@ def recommended_sampling(path: str | Path) -> dict[str, Any]:
 
     meta_file = Path(path) / "compdiff.json"
     sampling = _read_meta(meta_file).get("sampling", {}) if meta_file.is_file() else {}
+    steps = sampling.get("steps", 1) if isinstance(sampling, dict) else None
     ok = isinstance(sampling, dict) and not set(sampling) - {"sampler", "steps"} \
-        and sampling.get("sampler", "ddim") in SAMPLERS and isinstance(sampling.get("steps", 1), int) \
-        and sampling.get("steps", 1) >= 1
+        and isinstance(sampling.get("sampler", "ddim"), str) and sampling.get("sampler", "ddim") in SAMPLERS \
+        and isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_SAMPLING_STEPS
     if not ok:
         raise InputError(f"{meta_file}: 'sampling' must be like {{\"sampler\": \"ddpm\", \"steps\": 100}} with a "
-                         f"sampler among {', '.join(SAMPLERS)}, got {sampling!r}")
+                         f"sampler among {', '.join(SAMPLERS)} and 1..{MAX_SAMPLING_STEPS} steps, "
+                         f"got {str(sampling)[:80]}")
     return dict(sampling)
 
 

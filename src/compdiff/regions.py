@@ -37,6 +37,10 @@ from torch import Tensor
 from compdiff.errors import InputError
 from compdiff.expr.region import Region
 
+#: the most pixels a mask image may hold (4096 x 4096, any aspect): checked from the file's header,
+#: before anything is decoded, so a decompression bomb (20000 x 20000 zeros in a few kB) costs nothing
+MAX_MASK_PIXELS = 4096 * 4096
+
 RegionMode = Literal["sum", "normalize"]
 REGION_MODES = ("sum", "normalize")
 Masks = Mapping[str, Tensor]
@@ -73,16 +77,34 @@ def check_masks(masks: Masks | None, needed: Sequence[Region | None]) -> dict[st
 
 
 def load_mask(path: str | Path) -> Tensor:
-    """A mask image (any format PIL reads; colour is turned grey) -> (H, W) float32 in [0, 1]."""
+    """A mask image (any format PIL reads; colour is turned grey) -> (H, W) float32 in [0, 1].
+    InputError for a file that is not an image or holds more than MAX_MASK_PIXELS pixels."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    side = int(MAX_MASK_PIXELS ** 0.5)
+
+    def too_big(size: str) -> InputError:
+        return InputError(f"mask file {str(path)!r} holds {size} pixels; a mask may hold at most "
+                          f"{MAX_MASK_PIXELS:,} ({side} x {side}); it is resized to the model's grid anyway: "
+                          "save it smaller")
+
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the size is checked below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            width, height = im.size
+            if width * height > MAX_MASK_PIXELS:
+                raise too_big(f"{width} x {height} = {width * height:,}")
             grey = im.convert("L")
             data = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8)
             return data.reshape(grey.height, grey.width).float() / 255.0
     except FileNotFoundError:
         raise InputError(f"mask file {str(path)!r} does not exist") from None
+    except Image.DecompressionBombError:  # beyond twice PIL's own limit: refused while the header is read
+        raise too_big(f"more than {2 * Image.MAX_IMAGE_PIXELS:,}" if Image.MAX_IMAGE_PIXELS else "too many") from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"mask file {str(path)!r} is not an image PIL can read ({e})") from None
 
@@ -156,5 +178,6 @@ def spatial_shape(x: Tensor) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
 
 
-__all__ = ["REGION_MODES", "RegionMode", "box_mask", "check_masks", "check_region_options", "load_mask",
+__all__ = ["MAX_MASK_PIXELS", "REGION_MODES", "RegionMode", "box_mask", "check_masks", "check_region_options",
+           "load_mask",
            "normalize_overlaps", "region_masks", "spatial_shape"]

@@ -216,11 +216,10 @@ class NoiseSchedule(Schedule):
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
         """Nichol & Dhariwal (2021) eq. 17: abar(t) = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2),
         with beta_t = 1 - abar(t+1)/abar(t) clipped at max_beta (their sec. 3.2)."""
-        def f(u: float) -> float:
-            return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-
-        betas = [min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
-        return cls(torch.cumprod(1.0 - torch.tensor(betas, dtype=torch.float64), dim=0))
+        u = torch.arange(T + 1, dtype=torch.float64) / T  # one tensor, no Python loop over T
+        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+        return cls(torch.cumprod(1.0 - betas, dim=0))
 
     @classmethod
     def from_diffusers(cls, scheduler: Any) -> NoiseSchedule:
@@ -328,18 +327,49 @@ class FlowSchedule(Schedule):
         return torch.from_numpy(self.shifted(ts).copy())
 
 
+#: the most timesteps a discrete schedule spec may hold (diffusers' models use 1000); a bound on
+#: what a model folder's compdiff.json can make compdiff allocate
+MAX_T = 100_000
+MAX_SHIFT = 1000.0
+
+
+def _spec_int(spec: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    from compdiff.errors import InputError
+
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InputError(f"'{key}' must be an integer {lo}..{hi:,}, got {str(value)[:40]!r}")
+    return value
+
+
+def _spec_real(spec: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    """A number in the open interval (lo, hi)."""
+    from compdiff.errors import InputError
+
+    value = spec.get(key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo < value < hi
+    if not ok:
+        raise InputError(f"'{key}' must be a finite number in ({lo:g}, {hi:g}), got {str(value)[:40]!r}")
+    return float(value)
+
+
 def make_schedule(spec: dict[str, Any]) -> Schedule:
-    """A schedule from its JSON spec: {"kind": "cosine"|"linear", "T": int, ...} or {"kind": "flow", "shift": s}."""
+    """A schedule from its JSON spec: {"kind": "cosine"|"linear", "T": int, ...} or {"kind": "flow", "shift": s}.
+
+    Every number is checked (InputError): T an integer 1..MAX_T (never a float, a string or true),
+    betas in (0, 1), the shift in (0, MAX_SHIFT). A spec read from a model folder thus cannot make
+    compdiff allocate or loop without bound."""
     from compdiff.errors import InputError
 
     if not isinstance(spec, dict):
-        raise InputError(f"a schedule spec must be a JSON object, got {spec!r}")
+        raise InputError(f"a schedule spec must be a JSON object, got {str(spec)[:40]!r}")
     kind = spec.get("kind")
     if kind == "flow":
-        return FlowSchedule(float(spec.get("shift", 1.0)))
-    T = int(spec.get("T", 1000))
+        return FlowSchedule(_spec_real(spec, "shift", 1.0, 0.0, MAX_SHIFT))
+    if kind not in ("cosine", "linear"):
+        raise InputError(f"unknown schedule kind {str(kind)[:40]!r}; expected 'cosine', 'linear' or 'flow'")
+    T = _spec_int(spec, "T", 1000, 1, MAX_T)
     if kind == "cosine":
         return NoiseSchedule.cosine(T)
-    if kind == "linear":
-        return NoiseSchedule.linear(T, spec.get("beta_start", 1e-4), spec.get("beta_end", 0.02))
-    raise InputError(f"unknown schedule kind {kind!r}; expected 'cosine', 'linear' or 'flow'")
+    return NoiseSchedule.linear(T, _spec_real(spec, "beta_start", 1e-4, 0.0, 1.0),
+                                _spec_real(spec, "beta_end", 0.02, 0.0, 1.0))

@@ -24,7 +24,7 @@ def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool =
         raise InputError(f"{path} is a compdiff world model: cpu_offload applies to diffusers pipelines (text "
                          "encoders, UNet/transformer and VAE offloaded one at a time); a world model is one small "
                          "network, run it on the device directly")
-    loaded = load_model(path, bf16=bf16)
+    loaded = load_model(path, bf16=bf16, dtype=dtype)  # --dtype float16/bfloat16 refused: world models are float32
     training = _read_meta(path / "compdiff.json").get("training", {})
     loaded.denoiser.net.to(device)
     cfg = loaded.config

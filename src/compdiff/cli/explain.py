@@ -4,6 +4,9 @@ Pure text work (no model, no torch): parse, print the tree, print the flat
 terms with their effective weights under the two compose rules; with OR, one
 terms table per AND clause, with its mixture probability pi. The whole output
 is computed before anything is printed: an error prints nothing but itself.
+Every line is printed through ``compdiff.expr.display.escape``: a concept holding a control or
+format character (a right-to-left override, U+202E, would reorder the rest of the line on a
+terminal) shows it escaped, ``\\u202e``.
 """
 from __future__ import annotations
 
@@ -132,7 +135,12 @@ def _top_level_or(expr) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    print("\n".join(explain_lines(args)))
+    from compdiff.expr.display import escape
+
+    # nothing reaches the terminal raw: control and format characters, bidi overrides (U+202E) among
+    # them, which would reorder what is shown after them, are printed escaped (\u202e)
+    text = "\n".join(explain_lines(args))
+    print("\n".join(escape(line) for line in text.split("\n")))
     return 0
 
 

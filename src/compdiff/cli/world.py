@@ -57,7 +57,9 @@ def add_parser(subparsers) -> None:
                    f"n x (resolution x scale)^2 must be at most {MAX_GRID_PIXELS // 2**20}M pixels")
     r.add_argument("--hold-out", metavar="NAME", default=None,
                    help="draw the scenes from the training world of this held-out split of --task")
-    r.add_argument("--out", required=True, help="output .png (a .txt and a .json are written beside it)")
+    r.add_argument("--out", required=True,
+                   help="output .png (a .txt and a .json are written beside it); files of those names are "
+                   "replaced, each written whole or not at all")
     h = sub.add_parser("hold-out", help="print a held-out split (the combinations training never shows) as JSON",
                        description="Print the held-out split NAME of task T as JSON: the combinations that "
                        "'compdiff train --hold-out NAME' keeps out of every training image.")
