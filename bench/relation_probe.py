@@ -5,8 +5,9 @@
 
 For n training-distribution scenes of the model's held-out split (a seed training never used),
 one true relation between two objects is drawn, written complete. Each image is noised at the
-timesteps ``--times`` with ``--draws`` noises each (the same noises for every label), and the
-model's mean squared epsilon error is measured under three labels:
+timesteps ``--times`` with ``--draws`` noises each (the same noises for every label: compdiff.lift's
+common random numbers, image i's from seed + i), and the model's mean squared epsilon error
+(``Lift.loss``) is measured under three labels:
 
 * true: the relation as it holds;
 * relation flipped: ``left of`` <-> ``right of``, ``in front of`` <-> ``behind`` (false);
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from compdiff.eval.stats import wilson
+from compdiff.lift import lift_x0
 from compdiff.models import load_model
 from compdiff.world.dataset import WorldDataset
 from compdiff.world.holdout import get_split
@@ -67,8 +69,10 @@ def probe(model: str, n: int, times: list[int], draws: int, seed: int, batch: in
 @torch.inference_mode()
 def measure(den, enc, sched, ds: WorldDataset, n: int, times: list[int], draws: int, seed: int,
             batch: int) -> dict:
-    """The probe on the first n scenes of ``ds``: ``den(x_t, t, cond)`` predicts epsilon,
-    ``enc.encode(texts)`` makes cond, ``sched.add_noise`` noises."""
+    """The probe on the first n scenes of ``ds``, through ``compdiff.lift``: ``den(x_t, t, cond)`` predicts
+    epsilon, ``enc`` encodes the labels, ``sched`` noises. Image i (of the kept scenes) draws its noises
+    from seed + i, the same for its three labels (and the null, which lift also evaluates: 4 rows per
+    image and noise, one batched forward per time and draw)."""
     task = ds.task
     rng = np.random.default_rng(seed)
     index, texts = [], []  # the first n scenes of ds that have a true relation whose flip is false
@@ -80,20 +84,12 @@ def measure(den, enc, sched, ds: WorldDataset, n: int, times: list[int], draws: 
             index.append(i)
             texts.append([task.format(c) for c in got])
     images = ds.batch(index).image
-    conds = [enc.encode([row[li] for row in texts]) for li in range(3)]  # once: the same at every t and draw
-    gen = torch.Generator().manual_seed(seed)
     # err[label, time, image]: mean over draws of the per-image epsilon MSE; one noise for all labels
     err = torch.zeros(3, len(times), n, dtype=torch.float64)
-    for ti, t in enumerate(times):
-        for _ in range(draws):
-            eps = torch.randn(images.shape, generator=gen)
-            for lo in range(0, n, batch):
-                x0, e = images[lo:lo + batch], eps[lo:lo + batch]
-                tt = sched.t_batch(t, len(x0), x0.device)
-                xt = sched.add_noise(x0, e, tt)
-                for li in range(3):
-                    pred = den(xt, tt, conds[li][lo:lo + batch])
-                    err[li, ti, lo:lo + batch] += ((pred - e) ** 2).mean(dim=(1, 2, 3)).double() / draws
+    for lo in range(0, n, batch):
+        got = lift_x0(den, enc, sched, images[lo:lo + batch], texts[lo:lo + batch], times=times, draws=draws,
+                      seeds=[seed + i for i in range(lo, min(lo + batch, n))])
+        err[:, :, lo:lo + batch] = got.loss[:, 1:].permute(1, 2, 0)
     out = {"n": n, "scenes skipped": index[-1] + 1 - n, "times": times, "draws": draws, "seed": seed, "probes": {}}
     for pi, name in enumerate(PROBES, start=1):
         per_t = {str(t): _read(err[0, ti], err[pi, ti]) for ti, t in enumerate(times)}

@@ -42,8 +42,9 @@ def test_labels_true_and_both_false_ones_false(ds):
 
 class Oracle:
     """Predicts the exact noise for a label that holds in its image's scene, and the noise plus
-    ``miss`` otherwise (``sign`` -1: the other way round). Called with the whole set in one batch,
-    so row j is scene j."""
+    ``miss`` otherwise (``sign`` -1: the other way round); the null condition gets the noise plus
+    ``miss / 2``. The probe scores the whole set in one batch through compdiff.lift, whose forward is
+    condition-major: row r is scene r mod N."""
 
     def __init__(self, ds, sched, sign=1.0, miss=0.1):
         self.task, self.sched, self.sign, self.miss = ds.task, sched, sign, miss
@@ -51,12 +52,18 @@ class Oracle:
         index = [i for i in range(3 * N) if probe.labels(self.task, ds.scene(i), rng) is not None][:N]
         self.scenes = [ds.scene(i) for i in index]
         self.images = ds.batch(index).image
+        self.null = ds.task.null_row()[0]
 
     def __call__(self, xt, t, cond):
-        eps = self.sched.eps_from_x0(xt, self.images, t)
-        holds = torch.tensor([self.task.holds(self.task.row_concept(r), s) for r, s in zip(cond, self.scenes)])
-        wrong = holds if self.sign < 0 else ~holds
-        return eps + self.miss * wrong.float().reshape(-1, 1, 1, 1)
+        G = xt.shape[0] // N
+        eps = self.sched.eps_from_x0(xt, self.images.repeat(G, 1, 1, 1), t)
+        scenes = self.scenes * G
+        null = torch.tensor([bool(torch.equal(r, self.null)) for r in cond])
+        holds = torch.tensor([not z and self.task.holds(self.task.row_concept(r), s)
+                              for r, s, z in zip(cond, scenes, null)])
+        wrong = (holds if self.sign < 0 else ~holds).float()
+        wrong = torch.where(null, torch.full_like(wrong, 0.5), wrong)
+        return eps + self.miss * wrong.reshape(-1, 1, 1, 1)
 
 
 def run(den, ds):
