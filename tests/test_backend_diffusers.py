@@ -96,11 +96,21 @@ def test_one_concept_equals_stable_diffusion_pipeline(sd, backend, n):
     # compdiff's own DDIM, timesteps spaced as the scheduler config says: the same latents
     ours_ddim = sample_ddim(eps_fn, x_T, backend.schedule, backend.timesteps(STEPS))
     torch.testing.assert_close(ours_ddim, expected, atol=1e-5, rtol=0)
-    # per-sample seeds: the convenience call gives the same, and image i depends only on seed i
-    one_call = backend.sample_latents("a red cat", n=n, steps=STEPS, guidance_scale=3.0, seeds=range(10, 10 + n))
+    # per-sample seeds: the convenience call (compdiff.generate) with the pipeline's own spacing ("leading"
+    # + steps_offset) or its own scheduler gives the same, and image i depends only on seed i
+    one_call = backend.sample_latents("a red cat", n=n, steps=STEPS, guidance_scale=3.0, seeds=range(10, 10 + n),
+                                      spacing="leading")
     torch.testing.assert_close(one_call, expected, atol=1e-5, rtol=0)
-    alone = backend.sample_latents("a red cat", n=1, steps=STEPS, guidance_scale=3.0, seeds=[10 + n - 1])
+    own = backend.sample_latents("a red cat", n=n, steps=STEPS, guidance_scale=3.0, seeds=range(10, 10 + n),
+                                 scheduler="pipeline")
+    torch.testing.assert_close(own, expected, atol=1e-5, rtol=0)
+    alone = backend.sample_latents("a red cat", n=1, steps=STEPS, guidance_scale=3.0, seeds=[10 + n - 1],
+                                   spacing="leading")
     torch.testing.assert_close(one_call[-1:], alone, atol=1e-5, rtol=0)
+    # the library's default is "trailing" (the first step at t = T - 1, pure noise), as compdiff sample's
+    trailing = sample_ddim(eps_fn, x_T, backend.schedule, backend.schedule.timesteps(STEPS, "trailing"))
+    default = backend.sample_latents("a red cat", n=n, steps=STEPS, guidance_scale=3.0, seeds=range(10, 10 + n))
+    assert torch.equal(default, trailing)
 
 
 EXPR = 'a red cat AND "the stone" :0.5 AND NOT blue'

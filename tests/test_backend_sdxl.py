@@ -123,8 +123,9 @@ def test_v_prediction_and_empty_prompt_null_equal_the_pipeline(xl_v, backend_v):
     ours = backend_v.sample_latents("a red cat", n=1, steps=STEPS, guidance_scale=4.0, seeds=[7],
                                     scheduler=pipe.scheduler)
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
-    # compdiff's own DDIM, timesteps spaced as the scheduler config says: the same latents
-    ddim = backend_v.sample_latents("a red cat", n=1, steps=STEPS, guidance_scale=4.0, seeds=[7])
+    # compdiff's own DDIM, timesteps spaced as the scheduler config says ("leading" + steps_offset; the
+    # library's default is "trailing"): the same latents
+    ddim = backend_v.sample_latents("a red cat", n=1, steps=STEPS, guidance_scale=4.0, seeds=[7], spacing="leading")
     torch.testing.assert_close(ddim, expected, atol=1e-4, rtol=0)
 
 
@@ -212,7 +213,10 @@ def test_image_i_depends_only_on_seed_i(backend):
     together = backend.sample_latents(EXPR, n=3, steps=STEPS, guidance_scale=2.0, seeds=[5, 6, 7])
     for i, seed in enumerate([5, 6, 7]):
         alone = backend.sample_latents(EXPR, n=1, steps=STEPS, guidance_scale=2.0, seeds=[seed])
-        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+        # float32 round-off of other kernels for another batch size, bounded by the tensor's scale (issue 31): measured
+        # 0 on an AMD EPYC (oneDNN uncapped, AVX2, SSE41; MKL+ATen capped too), 5.2e-5 = 0.66·ε·max|x| on an Intel Xeon
+        # with AMX (PixArt); 16·ε·max|x| (ε = 2^-23) is 24x that; a wrong seed or sign differs by ~0.1-1·max|x|
+        torch.testing.assert_close(together[i:i + 1], alone, atol=16 * 2**-23 * float(alone.abs().max()), rtol=0)
     assert not torch.allclose(together[0], together[1])
 
 

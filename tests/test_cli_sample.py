@@ -142,3 +142,66 @@ def test_a_sampler_registered_elsewhere_reaches_the_cli_without_edits(tiny_model
                      "--out", str(tmp_path / "u.png"), "--no-progress"]) == 2  # no eta option: refused
     finally:
         SAMPLERS.pop("test-only")
+
+
+# ---- selection: --select / --candidates --------------------------------------------------------------
+SELECT_EXPR = '"0.3,0.3" AND "0.7,0.7" AND NOT "0.7,0.3"'
+
+
+@pytest.mark.parametrize("how", ["lift", "cached-lift"])
+def test_select_writes_each_kept_images_seed_and_lift_table_beside_it(tiny_model, tmp_path, capsys, how):
+    import json
+
+    import numpy as np
+
+    import compdiff as cd
+    from compdiff.cli.sample import sidecar_name
+    from compdiff.select import candidate_seed
+
+    out = tmp_path / "kept"
+    assert main(["sample", SELECT_EXPR, "--model", tiny_model, "--n", "3", "--seed", "5", "--steps", "2",
+                 "--select", how, "--candidates", "2", "--batch-size", "2", "--out-dir", str(out),
+                 "--no-progress"]) == 0
+    assert f"selection: {how}, 2 candidates" in capsys.readouterr().out
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["00000_seed5.png", "00001_seed6.png", "00002_seed7.png"]
+    assert sorted(p.name for p in out.glob("*.json")) == [sidecar_name(p).name for p in pngs]
+    lib = cd.generate(cd.open_model(tiny_model), SELECT_EXPR, [5, 6, 7], steps=2, select=how, candidates=2,
+                      batch_size=2)
+    for i, png in enumerate(pngs):
+        rec = json.loads(sidecar_name(png).read_text())
+        assert rec["file"] == png.name and rec["index"] == i and rec["image_seed"] == 5 + i
+        assert rec["select"] == how and rec["candidates"] == 2 and rec["expression"] == str(cd.parse(SELECT_EXPR))
+        assert rec["seed"] == candidate_seed(5, i, rec["candidate"]) == lib.kept_seeds[i]
+        assert [(t["concept"], t["want"]) for t in rec["lift"]] == [("0.3,0.3", "present"), ("0.7,0.7", "present"),
+                                                                      ("0.7,0.3", "absent")]
+        assert [t["lift"] for t in rec["lift"]] == pytest.approx([v for _, _, v in lib.lifts[i]])
+        assert rec["satisfied"] == (rec["margin"] > 0) == lib.satisfied[i]
+        assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), lib.uint8()[i].permute(1, 2, 0).numpy())
+    # the grid: one JSON beside it, one record per tile
+    grid = tmp_path / "grid.png"
+    assert main(["sample", SELECT_EXPR, "--model", tiny_model, "--n", "3", "--seed", "5", "--steps", "2",
+                 "--select", how, "--candidates", "2", "--out", str(grid), "--no-progress"]) == 0
+    rec = json.loads((tmp_path / "grid.json").read_text())
+    assert rec["file"] == "grid.png" and [r["index"] for r in rec["images"]] == [0, 1, 2]
+    assert [r["seed"] for r in rec["images"]] == list(lib.kept_seeds)
+    assert "splitmix64" in rec["seed_rule"]
+
+
+def test_select_options_are_checked_and_plain_sampling_writes_no_json(tiny_model, tmp_path, capsys):
+    base = ["sample", SELECT_EXPR, "--model", tiny_model, "--n", "2", "--steps", "1", "--no-progress"]
+    for extra, message in [(["--candidates", "2"], "--candidates needs --select"),
+                           (["--select", "lift", "--candidates", "65"], "--candidates"),
+                           (["--select", "lift", "--candidates", "0"], "--candidates"),
+                           (["--select", "best"], "--select")]:
+        assert main(base + extra + ["--out", str(tmp_path / "x.png")]) == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "x.json").mkdir()  # the grid's record cannot be written: refused before any work
+    assert main(base + ["--select", "lift", "--out", str(tmp_path / "x.png")]) == 2
+    assert "x.json" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main(base + ["--out-dir", str(tmp_path / "plain")]) == 0
+    assert not list((tmp_path / "plain").glob("*.json"))
+    help_text = __import__("subprocess").run(
+        [__import__("sys").executable, "-m", "compdiff", "sample", "--help"], capture_output=True, text=True).stdout
+    assert "splitmix64((s + i)" in help_text and "INDEX_seedSEED.json" in help_text

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compdiff.errors import InputError
-from compdiff.eval.concept_sets import concept_sets
+from compdiff.world.concept_sets import concept_sets
 from compdiff.world.holdout import SPLITS, get_split
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, Obj, Scene
 from compdiff.world.tasks import get_task

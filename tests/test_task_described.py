@@ -16,7 +16,7 @@ import torch
 
 from compdiff.cli import main
 from compdiff.errors import ParseError
-from compdiff.eval.concept_sets import concept_sets
+from compdiff.world.concept_sets import concept_sets
 from compdiff.world import COLORS, MATERIALS, SHAPES, SIZES, Obj, Scene, WorldDataset, get_task, scene_at
 from compdiff.world.batch import label_rows, make_generator, sample_scene_batch, scenes_from_tensors
 from compdiff.world.tasks import TASKS, Desc, DescribedTask

@@ -4,7 +4,7 @@ The literals below were recorded from the code before the hooks existed (concept
 its MAX_K dict and name checks, judge_accuracy.false_concept's isinstance chain, cli/world's
 relations special case), so any change to what the evaluation draws shows up here. The concept
 set digests were recorded again for sets version 2 (2026-12-01: the concepts of a set are chosen
-with a stream of their own, no longer the scene's; see eval/concept_sets.py).
+with a stream of their own, no longer the scene's; see world/concept_sets.py).
 """
 import hashlib
 
@@ -13,7 +13,7 @@ import pytest
 
 from compdiff.cli import main
 from compdiff.errors import InputError
-from compdiff.eval.concept_sets import concept_sets
+from compdiff.world.concept_sets import concept_sets
 from compdiff.eval.judge_accuracy import false_concept
 from compdiff.nn.conditioning import build_embedding, build_token_sequence
 from compdiff.world import Obj, Scene
@@ -89,7 +89,7 @@ def test_builtin_hook_values():
 
 
 def test_objects_extra_metrics_counts_uninvited_objects():
-    from compdiff.eval.concept_sets import ConceptSet
+    from compdiff.world.concept_sets import ConceptSet
 
     obj = get_task("objects")
     o = lambda x, y: Obj("cube", "red", "small", "rubber", x, y)  # noqa: E731

@@ -3,16 +3,19 @@
 "colors": a concept is one color word that some object in the scene has; scenes of 1-3
 objects anywhere on the floor; the model reads the word as one token (like attributes).
 If this file needs more than the Task subclass and ``register_task``, adding a task still
-touches code outside world/tasks/.
+touches code outside world/tasks/: datasets (also the training device's batches, through
+``Task.sample_rows``), concept sets, ``world render``, train, sample and eval all read the registry.
 """
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from compdiff.cli import main
-from compdiff.eval.concept_sets import concept_sets
+from compdiff.world.concept_sets import concept_sets
 from compdiff.world import COLORS, Scene, WorldDataset
+from compdiff.world.batch import label_batch, render_batch, sample_scene_batch, scenes_from_tensors
 from compdiff.world.tasks import Task, register_task, unregister_task
 from compdiff.world.tasks.base import parse_error
 
@@ -74,6 +77,24 @@ def test_the_toy_task_reaches_data_eval_sets_and_world_render(colors, tmp_path, 
     assert main(["world", "render", "--task", "colors", "--n", "2", "--resolution", "8",
                  "--out", str(tmp_path / "g.png")]) == 0
     assert "[0] label: " in (tmp_path / "g.txt").read_text()
+
+
+def test_the_toy_task_draws_training_batches_on_the_device(colors):
+    # no tensor kernel of its own: Task.sample_rows draws its labels with its own sample_concept
+    ds = WorldDataset("colors", 16, seed=0, null_prob=0.25)
+    b = ds.device_batch(ds.step_generator(3), 256, "cpu")
+    assert b.image.shape == (256, 3, 16, 16) and b.cond.shape == (256, 1) and b.cond.dtype == torch.int64
+    assert all(torch.equal(x, y) for x, y in zip(b, ds.device_batch(ds.step_generator(3), 256, "cpu")))
+    gen = ds.step_generator(3)
+    scenes = sample_scene_batch(gen, 256, "cpu", colors.min_objects, colors.max_objects, colors.layout)
+    assert torch.equal(b.image, render_batch(scenes, 16))
+    cond, is_null = label_batch(colors, scenes, gen, 0.25)
+    assert torch.equal(cond, b.cond) and torch.equal(is_null, b.is_null)
+    assert 0.15 < float(is_null.float().mean()) < 0.35 and not cond[is_null].any()
+    labels = colors.from_tensor(cond[~is_null])
+    assert all(colors.holds(c, s) for c, s in zip(labels, [s for s, n in zip(scenes_from_tensors(scenes), is_null)
+                                                           if not n]))
+    assert len(set(labels)) == len(COLORS)  # every color is drawn: the label is not one fixed choice
 
 
 def test_train_sample_eval_end_to_end(colors, tmp_path, capsys):

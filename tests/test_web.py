@@ -12,7 +12,7 @@ from PIL import Image
 
 from compdiff.cli import main
 from compdiff.errors import InputError
-from compdiff.expr import parse
+from compdiff.expr import Concept, Not, conjoin, parse
 from compdiff.web import core
 from compdiff.web.core import Cancelled, Limits, ModelStore, Settings
 
@@ -87,6 +87,16 @@ def test_click_adds_and_or_and_not():
     text = core.add_concept('"0.2,0.2" OR "0.8,0.8"', "0.50,0.50")
     assert text == '("0.2,0.2" OR "0.8,0.8") AND "0.50,0.50"'
     assert all(any(t.concept == "0.50,0.50" for t in c.terms) for c in parse(text).clauses())
+
+
+@pytest.mark.parametrize("text", [DEMO, '"a" OR "b":3', '("a" AND "b"):2', 'NOT "a"', 'red AND cube :2 @ left',
+                                  '("a" OR "b") AND "c"'])
+def test_a_click_keeps_the_typed_text_and_is_the_tree_edit_conjoin(text):
+    for negate in (False, True):
+        added = core.add_concept(text, "0.50,0.50", negate)
+        assert added.startswith(text) or added.startswith(f"({text})")  # what was typed stays as typed
+        concept = Concept("0.50,0.50")
+        assert parse(added) == conjoin(parse(text), Not(concept) if negate else concept)
 
 
 def test_canvas_shows_the_positions():
@@ -208,7 +218,7 @@ def test_same_images_as_the_cli_shipped_objects_model(shipped_store, tmp_path):
     g = core.generate(s, shipped_store, LIMITS)
     assert g.seeds == [11, 12, 13] and g.captions == ["seed 11", "seed 12", "seed 13"]
     assert g.command == ("compdiff sample '" + DEMO + "' --task objects --n 3 --seed 11 --sampler ddim --steps 2 "
-                         "--guidance-scale 3.0 --device cpu --out composed.png")
+                         "--guidance-scale 3.0 --batch-size 3 --device cpu --out composed.png")
     assert g.raw.shape == (3, 32, 32, 3) and g.images[0].shape == (128, 128, 3)
     for web, cli in zip(g.images, _cli_tiles(g.command, tmp_path, 3)):
         assert np.array_equal(web, cli)
@@ -265,7 +275,7 @@ def test_defaults_follow_the_model(shipped_store):
 
 
 def test_import_compdiff_does_not_import_gradio():
-    code = ("import sys, compdiff, compdiff.web, compdiff.web.core, compdiff.cli.serve, compdiff.cli; "
+    code = ("import sys, compdiff, compdiff.web, compdiff.web.core, compdiff.web.serve, compdiff.cli, compdiff.__main__; "
             "assert 'gradio' not in sys.modules, 'gradio imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -273,13 +283,14 @@ def test_import_compdiff_does_not_import_gradio():
 def test_serve_flags():
     import argparse
 
-    from compdiff.cli import serve
+    from compdiff.web import serve
 
     p = argparse.ArgumentParser()
     serve.add_parser(p.add_subparsers())
     args = p.parse_args(["serve"])
     assert (args.host, args.port, args.model) == ("127.0.0.1", 7860, [])
     assert (args.max_n, args.max_steps, args.max_concepts, args.max_length, args.queue_size) == (16, 200, 16, 2000, 8)
+    assert args.max_candidates == 8
     args = p.parse_args(["serve", "--model", "a", "--model", "b", "--max-n", "2", "--port", "0"])
     assert args.model == ["a", "b"] and args.max_n == 2
     with pytest.raises(SystemExit):
@@ -294,7 +305,8 @@ def test_the_page_builds(tiny_store):
     assert isinstance(demo, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"expr", "analysis", "canvas", "generate", "stop", "gallery", "command", "weight-3", "regions",
-            "region-concept", "region-clear", "region-note", "feather", "region-mode"} <= ids
+            "region-concept", "region-clear", "region-note", "feather", "region-mode", "select", "candidates",
+            "selection"} <= ids
     assert "weight-4" not in ids  # one slider per allowed concept
 
 
@@ -424,6 +436,7 @@ def test_feather_and_region_mode_reach_compose(tiny_store, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, "compose", spy)
+    monkeypatch.setattr(importlib.import_module("compdiff.generate"), "compose", spy)  # the path binds its own name
     name = tiny_store.names()[0]
     core.generate(Settings(name, REGIONS, n=1, steps=1, feather=0.125, region_mode="normalize"), tiny_store, LIMITS)
     assert calls[-1]["feather"] == 0.125 and calls[-1]["region_mode"] == "normalize"
@@ -462,3 +475,128 @@ def test_captions_show_a_clauses_regions(tiny_store):
     g = core.generate(Settings(name, '"0.2,0.2" @ (0.1, 0.1, 0.5, 0.5) OR "0.8,0.8" @ right', n=2, steps=1),
                       tiny_store, LIMITS)
     assert all(" @ (0.100, 0.100, 0.500, 0.500)" in c or " @ right" in c for c in g.captions)
+
+
+def _api_generate(url: str, demo, data: list) -> dict:
+    """POST one /generate call to the server's queue as raw JSON (so NaN goes out as the literal
+    NaN, which gradio_client refuses to send) and return its final message's output."""
+    import json
+    import uuid
+
+    import httpx
+
+    fn_index = next(i for i, fn in demo.fns.items() if fn.api_name == "generate")
+    session = uuid.uuid4().hex
+    body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None})
+    with httpx.Client(base_url=url, timeout=120) as client:
+        r = client.post("gradio_api/queue/join", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        with client.stream("GET", "gradio_api/queue/data", params={"session_hash": session}) as events:
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        return message
+    raise AssertionError("the queue closed without a result")
+
+
+def test_the_api_names_a_bad_number_instead_of_answering_error_null(tiny_store):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install 'compdiff[web]')")
+    import socket
+
+    from compdiff.web.app import build_app, launch
+
+    limits = Limits(max_n=4, max_steps=2)
+    demo = build_app(tiny_store, limits)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = launch(demo, limits, port=port)
+    try:
+        # model, expression, n, seed, sampler, steps, scale, corrector, negation, mode, feather, region mode,
+        # selection, candidates
+        good = [tiny_store.names()[0], '"0.3,0.3"', 1, 0, "ddim", 1, 3.0, "off", "plain", "sum", 0.0, "sum", "off", 4]
+        done = _api_generate(url, demo, good)
+        assert done["success"] and re.fullmatch(r"1 image in [\d.]+ s", done["output"]["data"][2])  # it generates
+        for index, value, message in [(2, "abc", "n must be a finite number, got 'abc'"),
+                                      (3, float("nan"), "seed must be a finite number, got nan"),
+                                      (3, float("inf"), "seed must be a finite number, got inf"),
+                                      (2, None, "n must be a finite number, got None"),
+                                      (5, "x", "steps must be a finite number, got 'x'"),
+                                      (6, [1], "the guidance scale must be a finite number, got [1]"),
+                                      (10, {}, "feather must be a finite number, got {}"),
+                                      (4, "nope", "Value: nope is not in the list of choices"),  # Gradio's
+                                      (2, 100, "Value 100 is greater than maximum value 4")]:  # own checks
+            done = _api_generate(url, demo, good[:index] + [value] + good[index + 1:])
+            assert not done["success"] and done["output"]["error"].startswith(message), (value, done)
+        # what Gradio passes on is checked as the page's settings are: the message is the status
+        done = _api_generate(url, demo, good[:4] + [["ddim"]] + good[5:])
+        assert done["success"] and "unknown sampler" in done["output"]["data"][2]
+    finally:
+        demo.close()
+
+
+# ---- selection, batches, the model's spacing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["lift", "cached-lift"])
+def test_selection_shows_each_kept_images_seed_and_lifts_and_the_command_reproduces_it(tiny_store, tmp_path, how):
+    import json
+
+    import compdiff as cd
+
+    name = tiny_store.names()[0]
+    s = Settings(name, DEMO, n=3, seed=4, steps=2, select=how, candidates=2)
+    g = core.generate(s, tiny_store, LIMITS)
+    lib = cd.generate(tiny_store.get(name), DEMO, [4, 5, 6], steps=2, select=how, candidates=2)
+    assert np.array_equal(g.raw, lib.uint8().permute(0, 2, 3, 1).numpy())
+    assert g.records == [lib.record(i) for i in range(3)]
+    for cap, rec in zip(g.captions, g.records):
+        assert cap.startswith(f"seed {rec['seed']} (image seed {rec['image_seed']}, candidate {rec['candidate'] + 1}/2)")
+        assert 'NOT "0.70,0.30"' in cap and ("holds" in cap) == rec["satisfied"]
+    assert g.table.count("\n| ") == 4 and f"{how}, 2 candidates" in g.table  # a header and one row per image
+    assert str(g.records[0]["seed"]) in g.table
+    argv = shlex.split(g.command)
+    assert argv[argv.index("--select") + 1] == how and argv[argv.index("--candidates") + 1] == "2"
+    for web, cli in zip(g.images, _cli_tiles(g.command, tmp_path, 3)):
+        assert np.array_equal(web, cli)
+    assert json.loads((tmp_path / "cli.json").read_text())["images"] == [{"index": i, **r}
+                                                                         for i, r in enumerate(g.records)]
+    # off: plain sampling whatever the candidates slider says, and the command has no --select
+    off = core.generate(Settings(name, DEMO, n=3, seed=4, steps=2, candidates=3), tiny_store, LIMITS)
+    assert off.records == [] and off.table == "" and "--select" not in off.command
+    assert off.captions == ["seed 4", "seed 5", "seed 6"]
+    for change, message in [(dict(select="best"), "select must be one of"), (dict(candidates=9), "candidates must lie"),
+                            (dict(candidates=0), "candidates must lie"), (dict(candidates=1.5), "whole number")]:
+        with pytest.raises(InputError, match=message):
+            core.generate(Settings(**{**s.__dict__, **change}), tiny_store, LIMITS)
+
+
+def test_the_command_samples_in_the_pages_batch_beyond_16_images(tiny_store, tmp_path):
+    """The page samples its n images in one batch; the command says --batch-size n (the CLI's default 16
+    would sample n > 16 in two batches)."""
+    name = tiny_store.names()[0]
+    g = core.generate(Settings(name, '"0.3,0.3" AND NOT "0.7,0.7"', n=17, seed=0, steps=1), tiny_store,
+                      Limits(max_n=17))
+    argv = shlex.split(g.command)
+    assert argv[argv.index("--batch-size") + 1] == "17"
+    for web, cli in zip(g.images, _cli_tiles(g.command, tmp_path, 17)):
+        assert np.array_equal(web, cli)
+
+
+def test_steps_are_checked_with_the_models_own_spacing(tiny_model):
+    """check_settings asks the model's spacing (and steps_offset) what steps it takes, as generation does:
+    "leading" with offset 1 cannot take all T steps (the last would be T), "trailing" can."""
+    import compdiff as cd
+
+    store = ModelStore([tiny_model], shipped=False, device="cpu", device_flag="cpu")
+    name = store.names()[0]
+    m = store.get(name)
+    T = m.schedule.T
+    assert core.check_settings(Settings(name, '"0.3,0.3"', n=1, steps=T), store, Limits(max_steps=T)).steps == T
+    m.spacing, m.steps_offset = "leading", 1
+    with pytest.raises(cd.InputError):
+        cd.generate(m, '"0.3,0.3"', [0], steps=T)
+    with pytest.raises(InputError, match="steps: timesteps out of"):
+        core.check_settings(Settings(name, '"0.3,0.3"', n=1, steps=T), store, Limits(max_steps=T))
+    assert core.check_settings(Settings(name, '"0.3,0.3"', n=1, steps=T - 1), store, Limits(max_steps=T)).steps == T - 1

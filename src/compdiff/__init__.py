@@ -7,16 +7,21 @@
     x_T = cd.randn((4, 3, 32, 32), cd.generators([0, 1, 2, 3]))
     x0 = cd.sample_ddim(eps_fn, x_T, schedule, schedule.timesteps(50, "trailing"), clip_x0=1.0)
 
+    # or the one generation path every front end uses (seeds, OR clauses, x_T, timesteps, sampler, decode):
+    images = cd.generate(cd.open_model("objects"), expr, seeds=range(4)).uint8()   # (4, 3, 32, 32) uint8
+
 Heavy submodules (models, world, eval, backends) load on first use.
 """
 from compdiff.compose import ComposedEps, compose
 from compdiff.denoiser import ConceptEncoder, Denoiser, EpsFn
 from compdiff.errors import InputError, ParseError
 from compdiff.expr import Expr, Term, parse
+from compdiff.lift import CachedLift, Lift, lift  # noqa: F401 - public: per-term lift scores
 from compdiff.correctors import Corrector
 from compdiff.sampling import (SAMPLERS, StepInfo, generators, get_sampler, randn, register_sampler, sample_ddim,
                                sample_ddpm, sample_dpmpp_2m, sample_euler)
 from compdiff.schedule import FlowSchedule, NoiseSchedule, Schedule
+from compdiff.generate import Generated, OpenedModel, generate  # noqa: E402  (the function shadows the module)
 
 __version__ = "0.1.0"
 
@@ -47,4 +52,5 @@ def load_model(path, bf16: bool = False):
 __all__ = ["parse", "Expr", "Term", "compose", "ComposedEps", "Schedule", "NoiseSchedule", "FlowSchedule",
            "SAMPLERS", "get_sampler", "register_sampler", "Corrector", "sample_ddpm", "sample_ddim", "sample_euler",
            "sample_dpmpp_2m", "StepInfo", "generators", "randn", "Denoiser", "ConceptEncoder", "EpsFn",
-           "InputError", "ParseError", "open_model", "load_pretrained", "load_model"]
+           "InputError", "ParseError", "open_model", "load_pretrained", "load_model", "generate", "Generated",
+           "OpenedModel"]

@@ -10,9 +10,13 @@ opens it. Families, one adapter file each (each registers itself on import):
 * ``flux`` (``flux.py``): Flux.1 dev (guidance-distilled) and schnell;
 * ``pixart`` (``pixart.py``): PixArt-Σ (T5 only, DiT, VP/ε; PixArt-α is refused).
 
-All are local diffusers folders (``model_index.json``); compdiff never downloads.
-:func:`sample_with_scheduler` samples with any compatible diffusers scheduler, flow-matching
-ones included. diffusers and transformers are imported only when a pipeline is opened.
+All are local diffusers folders (``model_index.json``); compdiff never downloads. What families
+share is written once: ``components.py`` (loading; no code or pickle from a model folder),
+``base.py`` (the VP base and the flow base: shapes, schedules, decoding, and ``generate`` /
+``sample_latents``, which are :func:`compdiff.generate` on the backend's OpenedModel view);
+a family file holds only what is its own. :func:`sample_with_scheduler` is the diffusers
+scheduler loop that ``compdiff.generate(scheduler=...)`` runs. diffusers and transformers are
+imported only when a pipeline is opened.
 """
 from compdiff.backends.diffusers import DiffusersBackend, UNetDenoiser
 from compdiff.backends.flux import FluxBackend

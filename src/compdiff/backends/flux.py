@@ -55,10 +55,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compdiff.backends.registry import OpenedModel, register_backend
+from compdiff.backends.base import FlowBackend, calculate_shift, check_flow_scheduler, warn_truncated
+from compdiff.backends.components import class_detector, components_of, load_folder, open_dtype, to_device
 from compdiff.backends.offload import execution_device
-from compdiff.backends.sd3 import (FlowBackend, calculate_shift, check_scheduler, class_detector, components_of,
-                                   load_components, open_dtype, to_device, warn_truncated)
+from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.errors import InputError
 from compdiff.schedule import Spacing
 
@@ -181,7 +181,7 @@ class FluxBackend(FlowBackend):
         if (cfg.out_channels or cfg.in_channels) != cfg.in_channels or cfg.in_channels % 4:
             raise InputError(f"the transformer takes {cfg.in_channels} channels but predicts {cfg.out_channels}: "
                              "Fill / Control (image-conditioned) Flux transformers are not supported")
-        check_scheduler(scheduler)
+        check_flow_scheduler(scheduler)
         self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
@@ -207,7 +207,7 @@ class FluxBackend(FlowBackend):
         (:meth:`enable_cpu_offload`). InputError for a path that is not a local folder, another pipeline
         class (img2img, Fill, ControlNet, ...) or IP-Adapter."""
         if isinstance(path_or_pipeline, (str, os.PathLike)):
-            parts = load_components(path_or_pipeline, FLUX_PIPELINE, "FLUX.1", REQUIRED)
+            parts = load_folder(path_or_pipeline, FLUX_PIPELINE, "FLUX.1", REQUIRED)
         else:
             parts = components_of(path_or_pipeline, FLUX_PIPELINE, "FLUX.1", REQUIRED)
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
@@ -222,16 +222,17 @@ class FluxBackend(FlowBackend):
     def _offload_modules(self) -> tuple[torch.nn.Module | None, ...]:
         return (self.text_encoder, self.text_encoder_2, self.transformer, self.vae)
 
-    def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        """(C, height/f, width/f) unpacked, C = in_channels/4; None = the default size (module docstring).
-        Height and width must be multiples of 2f (the latents are packed in 2×2 patches)."""
-        f = self.vae_scale_factor
-        size = self.vae.config.get("sample_size")
+    def _default_pixels(self) -> tuple[int, int]:
+        """The VAE config's sample_size when it is a multiple of 2f, else 128·f (the module docstring)."""
+        f, size = self.vae_scale_factor, self.vae.config.get("sample_size")
         size = size if isinstance(size, int) and size > 0 and size % (2 * f) == 0 else 128 * f
-        height, width = height or size, width or size
-        if height % (2 * f) or width % (2 * f):
-            raise InputError(f"height and width must be multiples of {2 * f}, got {height}x{width}")
-        return (int(self.transformer.config.in_channels) // 4, height // f, width // f)
+        return size, size
+
+    def _size_multiple(self) -> int:
+        return 2 * self.vae_scale_factor  # latents are packed in 2×2 patches
+
+    def _latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels) // 4  # unpacked: the transformer reads 4C per token
 
     def _mu(self, shape: Sequence[int]) -> float | None:
         if not self.scheduler.config.get("use_dynamic_shifting", False):

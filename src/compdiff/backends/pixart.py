@@ -37,19 +37,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from compdiff.backends.diffusers import vae_decode
-from compdiff.backends.one_call import sample_vp, seed_list
-from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device
+from compdiff.backends.base import VPBackend, to_eps, vp_schedule_of, warn_truncated
+from compdiff.backends.components import (class_detector, components_of, load_folder, open_dtype, read_index,
+                                          to_device)
+from compdiff.backends.offload import execution_device
 from compdiff.backends.registry import OpenedModel, register_backend
-from compdiff.backends.scheduler_loop import is_flow_scheduler, sample_with_scheduler
-from compdiff.backends.sd3 import (class_detector, components_of, load_components, open_dtype, read_index, to_device,
-                                   warn_truncated)
-from compdiff.compose import Mode, compose
-from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
-from compdiff.expr import Expr
-from compdiff.models import _refuse_pickles  # noqa: F401  (load_components refuses pickles with it)
-from compdiff.sampling import Callback
 from compdiff.schedule import NoiseSchedule
 
 FAMILY = "pixart"
@@ -123,23 +116,10 @@ class PixArtDenoiser:
                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
         if out.shape[1] == 2 * self.channels:
             out = out[:, :self.channels]
-        out = out.to(x.device, x.dtype)
-        if self.prediction_type == "epsilon":
-            return out
-        return self.schedule.eps_from_prediction(x, out, t.detach().cpu().double(), self.prediction_type)
+        return to_eps(self.schedule, self.prediction_type, x, out.to(x.device, x.dtype), t)
 
 
-def _schedule_of(scheduler: Any) -> NoiseSchedule:
-    if is_flow_scheduler(scheduler):
-        raise InputError(f"the pipeline's scheduler {type(scheduler).__name__} is a flow-matching scheduler: PixArt-Σ "
-                         "is a variance-preserving (ε-prediction) model")
-    try:
-        return NoiseSchedule.from_diffusers(scheduler)
-    except ValueError as err:
-        raise InputError(f"cannot use the scheduler {type(scheduler).__name__}: {err}") from err
-
-
-class PixArtBackend(RunsOnDenoiser):
+class PixArtBackend(VPBackend):
     """A diffusers PixArtSigmaPipeline as compdiff parts (see the module docstring).
 
     Attributes: denoiser (PixArtDenoiser), encoder (T5PromptEncoder), schedule (NoiseSchedule), scheduler
@@ -151,7 +131,7 @@ class PixArtBackend(RunsOnDenoiser):
     family = FAMILY
     denoiser_module = "transformer"
     default_scale = PIPELINE_SCALE
-    default_steps = DEFAULT_STEPS
+    default_steps = DEFAULT_STEPS  # sampling defaults: ddim, 20 steps, "trailing" spacing, scale 4.5
 
     def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
                  tokenizer: Any, scheduler: Any, *, height: int | None = None, width: int | None = None,
@@ -167,7 +147,7 @@ class PixArtBackend(RunsOnDenoiser):
             raise InputError(f"text encoder width {hidden} does not match the transformer's caption_channels {caption}")
         self.transformer, self.vae, self.text_encoder, self.tokenizer, self.scheduler = (
             transformer, vae, text_encoder, tokenizer, scheduler)
-        self.schedule = _schedule_of(scheduler)
+        self.schedule = vp_schedule_of(scheduler)
         self.prediction_type: str = scheduler.config.get("prediction_type", "epsilon")
         self.patch_size = int(cfg.patch_size)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -187,7 +167,7 @@ class PixArtBackend(RunsOnDenoiser):
         if isinstance(path_or_pipeline, (str, os.PathLike)):
             index = read_index(Path(path_or_pipeline).expanduser())
             _refuse_alpha(str((index or {}).get("_class_name", "")))
-            parts = load_components(path_or_pipeline, PIXART_SIGMA, "PixArt-Σ", REQUIRED)
+            parts = load_folder(path_or_pipeline, PIXART_SIGMA, "PixArt-Σ", REQUIRED)
         else:
             _refuse_alpha(type(path_or_pipeline).__name__)
             parts = components_of(path_or_pipeline, PIXART_SIGMA, "PixArt-Σ", REQUIRED)
@@ -199,72 +179,11 @@ class PixArtBackend(RunsOnDenoiser):
             backend.enable_cpu_offload(device)
         return backend
 
-    def enable_cpu_offload(self, device: torch.device | str = "cuda") -> None:
-        """accelerate's model CPU offload (diffusers' ``enable_model_cpu_offload``; compdiff.backends.offload):
-        text_encoder -> transformer -> vae each held in CPU memory and moved to ``device`` only while it runs."""
-        self.offload_hooks = enable_model_cpu_offload((self.text_encoder, self.transformer, self.vae), device,
-                                                      self.transformer)
+    def _offload_modules(self) -> tuple[torch.nn.Module | None, ...]:
+        return (self.text_encoder, self.transformer, self.vae)
 
-    # ---- shapes and timesteps ---------------------------------------------------------------------
-    def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        """(C, height/f, width/f); None = the transformer's sample_size·f (the pipeline's default, 1024 for
-        the 1024 px model). Multiples of f·patch_size."""
-        size = self.transformer.config.sample_size
-        f, step = self.vae_scale_factor, self.vae_scale_factor * self.patch_size
-        height, width = height or size * f, width or size * f
-        if height % step or width % step:
-            raise InputError(f"height and width must be multiples of {step}, got {height}x{width}")
-        return (int(self.transformer.config.in_channels), height // f, width // f)
-
-    def _spacing(self) -> str:
-        return self.scheduler.config.get("timestep_spacing", "leading")
-
-    def timesteps(self, num_steps: int) -> Tensor:
-        """num_steps descending timesteps spaced as the scheduler config says (timestep_spacing, steps_offset),
-        for compdiff's own samplers."""
-        spacing = self._spacing()
-        offset = self.scheduler.config.get("steps_offset", 0) if spacing == "leading" else 0
-        try:
-            return self.schedule.timesteps(num_steps, spacing, offset)
-        except ValueError as err:
-            raise InputError(str(err)) from err
-
-    # ---- decoding ----------------------------------------------------------------------------------
-    def decode(self, latents: Tensor, batch_size: int = 1) -> Tensor:
-        """VAE decode: latents (N, C, h, w) -> images (N, 3, H, W), float32 on the CPU, in [-1, 1]
-        (z = latents / scaling_factor + shift_factor where the VAE has one), batch_size at a time."""
-        return vae_decode(self.vae, latents, batch_size)
-
-    # ---- as compdiff.open_model sees it --------------------------------------------------------------
-    def opened(self, name: str) -> OpenedModel:
-        return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,
-                           FAMILY, name, PIPELINE_SCALE, sampling={"sampler": "ddim", "steps": DEFAULT_STEPS},
-                           info={"timestep_spacing": self._spacing(), "scheduler": self.scheduler,
-                                 "run_scheduler": sample_with_scheduler,
-                                 "max_sequence_length": self.encoder.max_sequence_length})
-
-    # ---- one-call sampling ---------------------------------------------------------------------------
-    def sample_latents(self, expr: Expr | str, *, n: int = 1, steps: int = DEFAULT_STEPS,
-                       guidance_scale: float = PIPELINE_SCALE, seeds: Sequence[int] | None = None,
-                       scheduler: Any = None, eta: float = 0.0, mode: Mode = "sum", rescale: float = 0.0,
-                       max_batch: int | None = None, height: int | None = None, width: int | None = None,
-                       callback: Callback | None = None, masks: Masks | None = None, feather: float = 0.0,
-                       region_mode: RegionMode = "sum") -> Tensor:
-        """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only on
-        seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the given
-        diffusers VP scheduler (the pipeline's own: ``scheduler=backend.scheduler``) via
-        :func:`sample_with_scheduler`. Prompts are encoded once. Regions take masks, feather and
-        region_mode as in :func:`compdiff.compose`."""
-        seeds = seed_list(n, seeds)
-        eps_fn = compose(self.denoiser, self.encoder, expr, guidance_scale=guidance_scale, mode=mode,
-                         rescale=rescale, max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
-        shape = self.latent_shape if height is None and width is None else self.latent_shape_for(height, width)
-        return sample_vp(eps_fn, shape, seeds, device=self.device, schedule=self.schedule, timesteps=self.timesteps,
-                         steps=steps, scheduler=scheduler, eta=eta, callback=callback)
-
-    def generate(self, expr: Expr | str, **kwargs: Any) -> Tensor:
-        """Images (n, 3, H, W) in [-1, 1]: ``decode(sample_latents(expr, **kwargs))``."""
-        return self.decode(self.sample_latents(expr, **kwargs))
+    def _info(self) -> dict[str, Any]:
+        return {**super()._info(), "max_sequence_length": self.encoder.max_sequence_length}
 
 
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,

@@ -17,41 +17,13 @@ import importlib
 import inspect
 import json
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
-
-from compdiff.denoiser import ConceptEncoder, Denoiser
 from compdiff.errors import InputError
-from compdiff.schedule import Schedule
-
-
-@dataclass
-class OpenedModel:
-    """What a front end needs to sample from a model.
-
-    latent_shape: (C, h, w) of one sample; decode: samples (N, *latent_shape) -> images
-    (N, 3, H, W) in [-1, 1]; clip_x0: the sampler's x̂_0 clamp (world images lie in [-1, 1];
-    latents are not clipped); default_scale: the guidance scale to use when none is given;
-    sampling: the recommended {"sampler", "steps"} ({} when the model names none);
-    family: the backend's name; task: the world task, for world models; info: extra facts.
-    """
-
-    denoiser: Denoiser
-    encoder: ConceptEncoder
-    schedule: Schedule
-    latent_shape: tuple[int, ...]
-    decode: Callable[[Tensor], Tensor]
-    family: str
-    name: str
-    default_scale: float
-    clip_x0: float | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
-    task: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+from compdiff.generate import OpenedModel
 
 
 @dataclass(frozen=True)
@@ -142,8 +114,11 @@ def open_model(name_or_path: str | Path, *, device: torch.device | str = "cpu", 
         raise InputError(f"{text!r} is a file, not a model directory")
     backend = BACKENDS[detect_family(path)]
     if not cpu_offload:
-        return backend.open(path, device=device, dtype=dtype, bf16=bf16)
-    params = inspect.signature(backend.open).parameters
-    if "cpu_offload" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise InputError(f"{path}: the {backend.family!r} family does not support cpu_offload")
-    return backend.open(path, device=device, dtype=dtype, bf16=bf16, cpu_offload=True)
+        opened = backend.open(path, device=device, dtype=dtype, bf16=bf16)
+    else:
+        params = inspect.signature(backend.open).parameters
+        if "cpu_offload" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise InputError(f"{path}: the {backend.family!r} family does not support cpu_offload")
+        opened = backend.open(path, device=device, dtype=dtype, bf16=bf16, cpu_offload=True)
+    opened.device = device  # where x_T goes: the denoiser's (execution) device
+    return opened

@@ -33,8 +33,6 @@ img2img, inpainting, ControlNet / T2I-Adapter pipelines and IP-Adapter image pro
 from __future__ import annotations
 
 import copy
-import importlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -43,17 +41,14 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from compdiff.backends.diffusers import UNetDenoiser, _missing_model_message, _schedule_of
-from compdiff.backends.one_call import sample_vp, seed_list
-from compdiff.backends.offload import RunsOnDenoiser, enable_model_cpu_offload, execution_device, release
+from compdiff.backends.base import UNetDenoiser, VPBackend, vp_schedule_of
+from compdiff.backends.components import (class_detector, load_components, load_index, open_dtype, present,
+                                          to_device)
+from compdiff.backends.offload import execution_device, release
 from compdiff.backends.registry import OpenedModel, register_backend
 from compdiff.backends.scheduler_loop import sample_with_scheduler
 from compdiff.backends.sd_text import PromptTruncatedWarning
-from compdiff.compose import Mode, compose
-from compdiff.regions import Masks, RegionMode
 from compdiff.errors import InputError
-from compdiff.expr import Expr
-from compdiff.sampling import Callback
 
 FAMILY = "sdxl"
 #: the one pipeline class this family runs (model_index.json "_class_name")
@@ -220,45 +215,15 @@ def _check_index(index: dict[str, Any], where: str) -> None:
 
 
 def _load_components(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(components, model_index) of a local SDXL pipeline folder: local files only, safetensors only."""
-    from compdiff.models import _refuse_pickles
-
-    root = Path(path).expanduser()
-    index_file = root / "model_index.json"
-    if not index_file.is_file():
-        raise InputError(_missing_model_message(str(path)))
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{index_file}: not readable JSON ({err})") from None
-    if not isinstance(index, dict):
-        raise InputError(f"{index_file}: expected a JSON object")
+    """(components, model_index) of a local SDXL pipeline folder (components.py: local files, safetensors
+    only; code and pickles named by model_index.json refused before any import)."""
+    root, index = load_index(path)
     _check_index(index, str(root))
-    missing = [name for name in REQUIRED if not (index.get(name) or [None])[0] or not (root / name).is_dir()]
+    missing = [name for name in REQUIRED if not present(index, name) or not (root / name).is_dir()]
     if missing:
         raise InputError(f"{root} ({index.get('_class_name')}) is not a complete SDXL pipeline: missing "
                          f"{', '.join(missing)}")
-    for name in MODULES:
-        _refuse_pickles(root / name)  # a folder of pickles only: refused before anything is loaded
-    components: dict[str, Any] = {}
-    for name in REQUIRED:
-        library, class_name = index[name]
-        try:
-            cls = getattr(importlib.import_module(library), class_name)
-        except (ImportError, AttributeError) as err:
-            raise InputError(f"{root}: cannot load {name}: {library}.{class_name} is not available ({err})") from err
-        if name == "scheduler":
-            kwargs: dict[str, Any] = {}
-        elif name in MODULES:
-            kwargs = {"local_files_only": True, "use_safetensors": True}
-        else:
-            kwargs = {"local_files_only": True}
-        try:
-            components[name] = cls.from_pretrained(str(root / name), **kwargs)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{root}: cannot load {name} ({err}); compdiff loads local safetensors only and "
-                             "does not download models") from err
-    return components, index
+    return load_components(root, index, REQUIRED), index
 
 
 def _components_of(pipeline: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -308,7 +273,7 @@ def _check_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, text_encod
 
 
 # ---- the backend -----------------------------------------------------------------------------------
-class SDXLBackend(RunsOnDenoiser):
+class SDXLBackend(VPBackend):
     """A StableDiffusionXLPipeline as compdiff parts (the API of ``DiffusersBackend``).
 
     Attributes: denoiser (SDXLUNetDenoiser), encoder (SDXLPromptEncoder, with the time ids of the
@@ -316,8 +281,13 @@ class SDXLBackend(RunsOnDenoiser):
     scheduler, for :func:`sample_with_scheduler`), prediction_type, latent_shape (C, h, w),
     height, width (pixels), vae_scale_factor, force_zeros_for_empty_prompt, device (where the UNet runs),
     dtype; the modules unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2; offload_hooks
-    (accelerate's hooks after :meth:`enable_cpu_offload`, else []).
+    (accelerate's hooks after :meth:`enable_cpu_offload`, else []). Sampling defaults: ddim, 50 steps,
+    "trailing" spacing, guidance scale 5.0; a size passed to ``generate`` / ``sample_latents`` sets the
+    time ids too (:meth:`encoder_for`).
     """
+
+    family = FAMILY
+    default_scale = PIPELINE_SCALE
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
                  text_encoder_2: torch.nn.Module, tokenizer: Any, tokenizer_2: Any, scheduler: Any, *,
@@ -329,7 +299,7 @@ class SDXLBackend(RunsOnDenoiser):
             text_encoder, text_encoder_2, tokenizer, tokenizer_2)
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
         self.prediction_type: str = scheduler.config.get("prediction_type", "epsilon")
-        self.schedule = _schedule_of(scheduler)
+        self.schedule = vp_schedule_of(scheduler)
         self.denoiser = SDXLUNetDenoiser(unet, self.schedule, self.prediction_type)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_shape: tuple[int, int, int] = self.latent_shape_for(height, width)
@@ -359,10 +329,7 @@ class SDXLBackend(RunsOnDenoiser):
         else:
             parts, config = _components_of(path_or_pipeline)
         for name in MODULES:
-            module = parts[name].to(device="cpu" if cpu_offload else device)
-            if next(module.parameters()).dtype != dtype:  # (diffusers warns on any dtype cast, even a no-op)
-                module = module.to(dtype=dtype)
-            parts[name] = module.eval()
+            parts[name] = to_device(parts[name], "cpu" if cpu_offload else device, dtype)
         backend = cls(parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"],
                       parts["tokenizer"], parts["tokenizer_2"], parts["scheduler"],
                       force_zeros_for_empty_prompt=config.get("force_zeros_for_empty_prompt", True),
@@ -371,25 +338,10 @@ class SDXLBackend(RunsOnDenoiser):
             backend.enable_cpu_offload(device)
         return backend
 
-    def enable_cpu_offload(self, device: torch.device | str = "cuda") -> None:
-        """accelerate's model CPU offload (diffusers' ``enable_model_cpu_offload``; compdiff.backends.offload):
-        text_encoder -> text_encoder_2 -> unet -> vae each held in CPU memory and moved to ``device`` only
-        while it runs."""
-        self.offload_hooks = enable_model_cpu_offload((self.text_encoder, self.text_encoder_2, self.unet, self.vae),
-                                                      device, self.unet)
+    def _offload_modules(self) -> tuple[torch.nn.Module | None, ...]:
+        return (self.text_encoder, self.text_encoder_2, self.unet, self.vae)
 
     # ---- shapes, sizes and timesteps ------------------------------------------------------------
-    def latent_shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        """(C, height/f, width/f) with f the VAE's scale factor; None = the UNet's default resolution
-        (1024 x 1024 for SDXL base)."""
-        size = self.unet.config.sample_size
-        h0, w0 = (size, size) if isinstance(size, int) else tuple(size)
-        f = self.vae_scale_factor
-        height, width = height or h0 * f, width or w0 * f
-        if height % f or width % f:
-            raise InputError(f"height and width must be multiples of {f}, got {height}x{width}")
-        return (int(self.unet.config.in_channels), height // f, width // f)
-
     def encoder_for(self, height: int | None = None, width: int | None = None, *,
                     original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] = (0, 0),
                     target_size: tuple[int, int] | None = None) -> SDXLPromptEncoder:
@@ -399,19 +351,6 @@ class SDXLBackend(RunsOnDenoiser):
         f = self.vae_scale_factor
         return self.encoder.with_time_ids(add_time_ids(h * f, w * f, original_size, crops_coords_top_left,
                                                        target_size))
-
-    def timesteps(self, num_steps: int) -> Tensor:
-        """num_steps descending timesteps spaced as the pipeline's scheduler config says
-        (timestep_spacing, steps_offset), for compdiff's own samplers."""
-        spacing = self._spacing()
-        offset = self.scheduler.config.get("steps_offset", 0) if spacing == "leading" else 0
-        try:
-            return self.schedule.timesteps(num_steps, spacing, offset)
-        except ValueError as err:
-            raise InputError(str(err)) from err
-
-    def _spacing(self) -> str:
-        return self.scheduler.config.get("timestep_spacing", "leading")
 
     # ---- decoding -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -445,64 +384,24 @@ class SDXLBackend(RunsOnDenoiser):
         return torch.cat(images).clamp(-1, 1)
 
     # ---- as compdiff.open_model sees it -------------------------------------------------------------
-    def opened(self, name: str) -> OpenedModel:
-        return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(self.latent_shape), self.decode,
-                           FAMILY, name, PIPELINE_SCALE,
-                           info={"timestep_spacing": self._spacing(), "height": self.height, "width": self.width,
-                                 "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt,
-                                 "scheduler": self.scheduler, "run_scheduler": sample_with_scheduler})
-
-    # ---- one-call sampling, for the CLI and scripts ------------------------------------------------------
-    def sample_latents(self, expr: Expr | str, *, n: int = 1, steps: int = 30, guidance_scale: float = PIPELINE_SCALE,
-                       seeds: Sequence[int] | None = None, scheduler: Any = None, eta: float = 0.0,
-                       mode: Mode = "sum", rescale: float = 0.0, max_batch: int | None = None,
-                       height: int | None = None, width: int | None = None,
-                       callback: Callback | None = None, masks: Masks | None = None, feather: float = 0.0,
-                       region_mode: RegionMode = "sum") -> Tensor:
-        """Latents (n, C, h, w) for ``expr``: one seed per image (default 0..n-1; image i depends only
-        on seeds[i]); compdiff's DDIM with ``self.timesteps(steps)`` when scheduler is None, else the
-        given diffusers scheduler (e.g. the pipeline's own) via :func:`sample_with_scheduler`. The time ids
-        follow height/width; prompts are encoded once. Regions take masks, feather and region_mode as in
-        :func:`compdiff.compose`."""
-        seeds = seed_list(n, seeds)
-        sized = height is not None or width is not None
-        encoder = self.encoder_for(height, width) if sized else self.encoder
-        shape = self.latent_shape_for(height or self.height, width or self.width) if sized else self.latent_shape
-        eps_fn = compose(self.denoiser, encoder, expr, guidance_scale=guidance_scale, mode=mode, rescale=rescale,
-                         max_batch=max_batch, masks=masks, feather=feather, region_mode=region_mode)
-        return sample_vp(eps_fn, shape, seeds, device=self.device, schedule=self.schedule, timesteps=self.timesteps,
-                         steps=steps, scheduler=scheduler, eta=eta, callback=callback)
-
-    def generate(self, expr: Expr | str, **kwargs: Any) -> Tensor:
-        """Images (n, 3, H, W) in [-1, 1]: ``decode(sample_latents(expr, **kwargs))``."""
-        return self.decode(self.sample_latents(expr, **kwargs))
+    def _info(self) -> dict[str, Any]:
+        return {**super()._info(), "height": self.height, "width": self.width,
+                "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt}
 
 
 # ---- the registry's view --------------------------------------------------------------------------------
-def _detect(path: Path) -> bool:
-    """Any SDXL pipeline folder (class StableDiffusionXL...): the text-to-image one opens, the others
-    (refiner, img2img, inpainting, ControlNet, ...) are refused by ``_open`` with a message naming them."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        return False
-    try:
-        return str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")).startswith(
-            "StableDiffusionXL")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
-
-
 def _open(path: Path, *, device: torch.device, dtype: str = "auto", bf16: bool = False,
           cpu_offload: bool = False) -> OpenedModel:
     """Weights in float16 on a GPU and float32 on the CPU unless ``dtype`` names one (the VAE then decodes
     in float32 when its config says force_upcast). ``bf16`` (world models' autocast) does not apply.
     cpu_offload: the modules stay in CPU memory and run on ``device`` one at a time."""
-    if dtype == "auto":
-        dtype = "float16" if device.type == "cuda" else "float32"
-    return SDXLBackend.from_pretrained(path, dtype=getattr(torch, dtype), device=device,
+    return SDXLBackend.from_pretrained(path, dtype=open_dtype(device, dtype, torch.float16), device=device,
                                        cpu_offload=cpu_offload).opened(str(path))
 
 
+#: any SDXL pipeline folder (class StableDiffusionXL...): the text-to-image one opens, the others (refiner,
+#: img2img, inpainting, ControlNet, ...) are refused by ``_open`` with a message naming them
+_detect = class_detector("StableDiffusionXL")
 register_backend(FAMILY, _detect, _open)
 
 __all__ = ["SDXLBackend", "SDXLUNetDenoiser", "SDXLPromptEncoder", "add_time_ids", "sample_with_scheduler"]

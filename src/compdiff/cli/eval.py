@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from compdiff.cli import float_in, int_in
+from compdiff.cli import add_precision_options, float_in, int_in
 from compdiff.correctors import KERNELS
+from compdiff.generate import DEFAULT_CANDIDATES, MAX_CANDIDATES, SELECTS
 from compdiff.sampling import SAMPLERS
 from compdiff.world.tasks import task_help, task_names
 
@@ -27,10 +29,17 @@ REGION_METHODS = ("composed-regions",)
 #: "joint-oracle" also reads a map of every position of the set (objects' bump channel: an oracle layout)
 JOINT_METHODS = ("joint", "joint-oracle")
 
-#: what ``compdiff eval`` writes in a report folder (fnmatch patterns; files only), and the
-#: temporary files of its atomic writes; results.json (with a compdiff spec) marks a report
-REPORT_FILES = ("results.json", "table.md", "accuracy.png", "grid_*.png", ".results.json.*.tmp",
-                ".grid_*.png.*.tmp", ".table.md.*.tmp", ".accuracy.png.*.tmp")
+#: what ``compdiff eval`` writes in a report folder (regular expressions a whole name must match; files
+#: only), and the temporary files of its atomic writes; results.json (with a compdiff spec) marks a report.
+#: Exact names: a grid is grid_<METHOD>_K<k>.png, never any grid_*.png (issue 32: a user's photo).
+GRID_FILE = rf"grid_(?:{'|'.join(map(re.escape, METHODS))})_K[1-9][0-9]*\.png"
+_TMP = r"\.[a-z0-9_]+\.tmp"  # tempfile.mkstemp's random part (compdiff.atomic.atomic_write)
+REPORT_FILES = (r"results\.json", r"table\.md", r"accuracy\.png", GRID_FILE, r"\.results\.json" + _TMP,
+                r"\." + GRID_FILE + _TMP, r"\.table\.md" + _TMP, r"\.accuracy\.png" + _TMP)
+#: what an evaluation killed before its first results.json leaves: grids and temporary files
+EARLY_FILES = (GRID_FILE, r"\.results\.json" + _TMP, r"\." + GRID_FILE + _TMP)
+#: the fewest concept sets per K: the Fréchet distance needs two feature rows for a covariance
+MIN_N = 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,11 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Re-running the same command resumes: finished cells are not recomputed.",
         epilog="example: compdiff eval --task objects --components 1,2,3,4,5 --n 256 --out reports/objects\n\n"
         "world tasks:\n" + task_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help=" | ".join(task_names()))
+    p.add_argument("--task", required=True, help=" | ".join(task_names()) + f" (shipped models: {_shipped()}; "
+                   "other tasks need --model DIR)")
     p.add_argument("--components", default="1,2,3",
                    help="values of K, comma-separated, each 1..the task's largest (objects 5, relations 8, "
                    "attributes 3, described 3) (default 1,2,3)")
-    p.add_argument("--n", type=int_in(1, MAX_N), default=256, help=f"concept sets per K, 1..{MAX_N:,} (default 256)")
+    p.add_argument("--n", type=int_in(MIN_N, MAX_N), default=256,
+                   help=f"concept sets per K, {MIN_N}..{MAX_N:,} (default 256; the Fréchet distance needs at least "
+                   f"{MIN_N} images)")
     p.add_argument("--not", dest="negate", action="store_true",
                    help="add one negated concept to every set (true elsewhere, false in the set's scene)")
     p.add_argument("--sets", choices=["all", "seen", "held-out"], default="all",
@@ -92,12 +104,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"corrector steps per corrected level, 1..{MAX_CORRECTOR_STEPS} (default 2)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=7,
                    help=f"concept sets and noise, 0..{MAX_SEED} (default 7)")
+    p.add_argument("--select", choices=list(SELECTS), default=None,
+                   help="selection while sampling (compdiff sample --select): each set draws --candidates images and "
+                   "keeps the best by the model's own lift; each cell records the kept images' lifts and the model "
+                   "evaluations spent (default off)")
+    p.add_argument("--candidates", type=int_in(1, MAX_CANDIDATES), default=None, metavar="M",
+                   help=f"candidates per set with --select, 1..{MAX_CANDIDATES} (default {DEFAULT_CANDIDATES}; 1: "
+                   "the plain images, scored)")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH_SIZE), default=64,
                    help=f"sets sampled together, 1..{MAX_BATCH_SIZE} (default 64)")
     p.add_argument("--device", default="auto",
                    help="where the models sample: auto (cuda if torch sees a GPU, else cpu; under accelerate launch, "
                    "each process its own GPU), cpu, cuda, cuda:1, ...; the judge reads on the CPU")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the models (a GPU, or a CPU with native bf16: on CPUs without it, e.g. the 2-core AMD EPYC of BENCHMARKS, convolutions run 50-90x slower under bf16: bench/bf16_conv.py)")
+    add_precision_options(p)
     p.add_argument("--out", required=True,
                    help="report folder: new or empty, or an earlier report of compdiff eval (resumed)")
     p.add_argument("--overwrite", action="store_true",
@@ -136,6 +155,12 @@ def _components(text: str, task) -> tuple[int, ...]:  # noqa: ANN001
     return tuple(ks)
 
 
+def _shipped() -> str:
+    from compdiff.models import shipped_models
+
+    return ", ".join(shipped_models()) or "none"
+
+
 def _is_report(path: Path) -> bool:
     """Whether ``path`` is a results.json written by compdiff eval."""
     try:
@@ -147,36 +172,42 @@ def _is_report(path: Path) -> bool:
         and isinstance(spec.get("methods"), list) and isinstance(spec.get("components"), list)
 
 
+def _written(entry: os.DirEntry, patterns: tuple[str, ...]) -> bool:
+    """A regular file whose whole name is one compdiff eval writes."""
+    return not entry.is_symlink() and entry.is_file() and any(re.fullmatch(p, entry.name) for p in patterns)
+
+
 def _check_out(out: Path, overwrite: bool) -> bool:
     """Whether --out holds an earlier report to delete first (--overwrite). Refuses (UsageError) a path
-    that is not a folder, a non-empty folder that is not a report, and --overwrite of a report folder
-    holding files compdiff eval did not write. Writes nothing."""
-    import fnmatch
-
+    that cannot be written, a path that is not a folder, a non-empty folder that is not a report, and
+    --overwrite of a report folder holding files compdiff eval did not write. Writes nothing."""
+    from compdiff.atomic import folder_problem
     from compdiff.cli import UsageError
+    from compdiff.expr.display import excerpt
     from compdiff.training.checkpoint import describe
 
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    problem = folder_problem(out)
+    if problem:
+        raise UsageError(f"--out {excerpt(str(out), 80)}: {problem}")
     if not out.exists():
         return False
     entries = sorted(os.scandir(out), key=lambda e: e.name)
     if not entries:
         return False
     # before its first results.json, an evaluation has written grids (and temporary files) only
-    early = all(not e.is_symlink() and e.is_file() and any(fnmatch.fnmatchcase(e.name, p) for p in REPORT_FILES
-                                                           if p.startswith(("grid_", ".")))
-                for e in entries)
+    early = all(_written(e, EARLY_FILES) for e in entries)
     if not early and not _is_report(out / "results.json"):
         why = "its results.json is not one" if (out / "results.json").exists() else "no results.json"
-        names = [e.name + ("/" if e.is_dir() else "") for e in entries]
+        names = [e.name + ("/" if e.is_dir() else "") for e in entries if not _written(e, REPORT_FILES)] \
+            or [e.name for e in entries]
         raise UsageError(f"--out {out} is not empty and holds no compdiff evaluation ({why}): it holds "
                          f"{describe(names)}. compdiff eval writes a report only into a new or empty folder or "
                          "resumes its own, and never deletes what it did not write: choose another --out")
     if not overwrite:
-        return False  # resume
-    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
-               if e.is_symlink() or not e.is_file() or not any(fnmatch.fnmatchcase(e.name, p) for p in REPORT_FILES)]
+        return False  # resume: new files are written beside the report's own, nothing is deleted
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if not _written(e, REPORT_FILES)]
     if foreign:
         raise UsageError(f"--overwrite: the report folder {out} also holds files compdiff eval did not write "
                          f"({describe(foreign)}); compdiff deletes only what it wrote: move them away or choose "
@@ -193,7 +224,8 @@ def _joint_method(name: str, args: argparse.Namespace, task: str):
 
     oracle = name == "joint-oracle"
     flag, path = ("--oracle-joint-model", args.oracle_joint_model) if oracle else ("--joint-model", args.joint_model)
-    j = open_model(path, device=args.device_, bf16=args.bf16)
+    j = open_model(path, device=args.device_)
+    j.denoiser.bf16 = args.bf16_  # the composed model's precision (run() chose it)
     cfg = j.info.get("config")
     if j.task != task or cfg is None or not cfg.joint:
         raise UsageError(f"{flag} {path} is not a joint-conditioning model of the {task} task")
@@ -212,8 +244,10 @@ def _device(name: str):  # noqa: ANN202
     each process the GPU of its local rank (else all would share the first)."""
     import torch
 
+    from compdiff.cli import check_device
     from compdiff.cli.sample import pick_device
 
+    check_device(name)
     device = pick_device(name)
     if name == "auto" and device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
@@ -222,7 +256,7 @@ def _device(name: str):  # noqa: ANN202
 
 def run(args: argparse.Namespace) -> int:
     from compdiff.backends import open_model
-    from compdiff.cli import UsageError
+    from compdiff.cli import UsageError, apply_precision, requested_precision
     from compdiff.cli.sample import sampler_kwargs
     from compdiff.eval.composition import EvalSpec, Method, run_eval, shard_of_this_process
     from compdiff.eval.concept_sets import check_regions
@@ -249,13 +283,26 @@ def run(args: argparse.Namespace) -> int:
     for name in set(methods) & set(JOINT_METHODS):
         if args.negate:
             raise UsageError(f"--not cannot be measured for '{name}': a joint-conditioning model has no NOT")
+    if args.model is None and task.name not in _shipped().split(", "):
+        raise UsageError(f"--task {task.name} has no shipped model (shipped: {_shipped()}): pass --model DIR, a "
+                         f"model trained with 'compdiff train --task {task.name}'")
+    if not args.out.strip():
+        raise UsageError("--out is empty: name the report folder (e.g. reports/objects)")
     out = Path(args.out)
     clear = _check_out(out, args.overwrite)
     args.device_ = _device(args.device)
-    composed = open_model(args.model or task.name, device=args.device_, bf16=args.bf16)
+    precision = requested_precision(args)
+    composed = open_model(args.model or task.name, device=args.device_)
+    said = apply_precision([composed], precision, rows=min(args.batch_size, args.n) * (max(ks) + 1))
+    if said:
+        print(f"compdiff eval: {said}", file=sys.stderr, flush=True)
+    args.bf16_ = composed.denoiser.bf16
     if composed.task != task.name:
         raise UsageError(f"--model {composed.name} is a {composed.task or composed.family!r} model, not {task.name!r}")
     sampler = args.sampler or composed.sampling.get("sampler", "ddim")
+    if args.candidates is not None and args.select is None:
+        raise UsageError("--candidates needs --select lift or --select cached-lift")
+    candidates = (DEFAULT_CANDIDATES if args.candidates is None else args.candidates) if args.select else 1
     sampler_kwargs(sampler, args.eta)  # a non-zero eta for a sampler without one is a usage error
     hold_out = _hold_out(args, composed)
     spec = EvalSpec(task=task.name, components=ks, n=args.n, negate=args.negate, sampler=sampler,
@@ -263,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
                     guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, methods=methods,
                     negation=args.negation, correct=args.correct, corrector_steps=args.corrector_steps, eta=args.eta,
                     rescale=args.rescale, sets=args.sets, hold_out=hold_out, region_size=args.region_size,
-                    feather=args.feather, region_mode=args.region_mode)
+                    feather=args.feather, region_mode=args.region_mode, select=args.select, candidates=candidates)
     spec.corrector()  # bad corrector options fail before any work
     built = {}
     for name in methods:
@@ -287,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"compdiff eval: process {rank + 1} of {world} (samples chunks {rank + 1}, {rank + 1 + world}, ... of "
               f"--batch-size sets in each cell; process 1 writes the files)", file=sys.stderr, flush=True)
     if clear and main:
-        clear_folder(out)  # _check_out found only what compdiff eval wrote
+        clear_folder(out, {p: None for p in REPORT_FILES})  # _check_out found only what compdiff eval wrote
     t0 = time.perf_counter()
     results = run_eval(spec, built, judge, out, resolution, progress=not args.no_progress)
     if main:

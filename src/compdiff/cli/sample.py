@@ -5,22 +5,27 @@ OR, its clause come from its own generator, so the images do not depend on the b
 and written as they are made, so memory is bounded whatever --n is. Everything that can be
 checked is checked before the model is opened: option ranges (while parsing), the output
 path, the expression and its weights.
+
+``--select lift|cached-lift --candidates M`` draws M candidates per image and keeps the best by the
+model's own lift scores (compdiff.generate; seeds: compdiff.select.candidate_seed). Each kept image's
+seed and lift table are written beside it as JSON (:func:`sidecar_name`; the grid: one JSON beside it).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import sys
 import textwrap
-from typing import Callable, NamedTuple
 from pathlib import Path
 
 import torch
 
 from compdiff.progress import progress_bar
-from compdiff.cli import float_in, int_in
+from compdiff.cli import add_precision_options, float_in, int_in
 from compdiff.correctors import KERNELS, Corrector
-from compdiff.atomic import output_problem, write_png
+from compdiff.atomic import output_problem, write_json, write_png
+from compdiff.generate import DEFAULT_CANDIDATES, MAX_CANDIDATES, SELECTS
 from compdiff.sampling import SAMPLERS
 from compdiff.world.tasks import task_help, task_names
 
@@ -37,6 +42,8 @@ MAX_SEED = 2**63 - 1
 MAX_CORRECTOR_STEPS = 100
 MAX_CORRECTOR_STEP_SIZE = 100.0
 MAX_ROWS = 1_000_000  # --max-batch
+SEED_FORMULA = ("candidate j of image i uses seed s + i for j = 0 (so --candidates 1 is plain sampling) and "
+                "splitmix64((s + i)·2^32 + j) mod 2^63 for j >= 1 (compdiff.select.candidate_seed), s = --seed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +59,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   compdiff sample '"0.25,0.5" AND "0.75,0.5" AND NOT "0.5,0.8"' --n 8 --out composed.png
   compdiff sample 'red AND cube AND NOT metal' --task attributes
   compdiff sample '"0.3,0.5" OR "0.7,0.5"' --n 5000 --out-dir samples/
-  compdiff sample --model /path/to/sd 'a castle AND NOT "black and white"' --steps 30 --guidance-scale 7.5""",
+  compdiff sample --model /path/to/sd 'a castle AND NOT "black and white"' --steps 30 --guidance-scale 7.5
+  compdiff sample 'red AND cube AND NOT metal' --task attributes --select lift --candidates 4 --out-dir kept/
+
+selection (--select): each requested image draws --candidates M candidates and keeps the one whose
+lift scores (the model's own estimate of log p(x|c) - log p(x), per term) best satisfy the expression:
+every positive term's lift > 0 and every NOT term's < 0, ranked by the smallest margin (the first
+candidate among ties; exactly --n images come back, satisfying or not). Seeds: """ + SEED_FORMULA + """.
+The JSON beside each kept image (--out-dir: INDEX_seedSEED.json beside INDEX_seedSEED.png; --out
+FILE.png: FILE.json for the whole grid) gives its kept seed, candidate, lift table, margin and
+whether it satisfies the rule. 'lift' re-noises each final sample (10 times, 1 draw: the cost of 10
+more steps per candidate); 'cached-lift' reads the sampler's own predictions (no extra model call).""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.epilog += "\n\nworld tasks (--task):\n" + task_help()
     p.add_argument("expr", metavar="EXPR", help="the expression, e.g. '\"0.3,0.5\" AND NOT \"0.7,0.5\"'")
@@ -102,9 +119,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(positive regional terms share the guidance: their masks divided by their sum where it exceeds 1)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
                    help="image i uses seed + i, 0 <= seed + i < 2**63 (default 0)")
+    p.add_argument("--select", choices=list(SELECTS), default=None,
+                   help="draw --candidates per image and keep the best by the model's own lift scores: 'lift' "
+                   "(fresh noisings of each final sample) or 'cached-lift' (the sampling trajectory, no extra "
+                   "model evaluation); writes each kept image's seed and lift table as JSON beside it")
+    p.add_argument("--candidates", type=int_in(1, MAX_CANDIDATES), default=None, metavar="M",
+                   help=f"candidates per image with --select, 1..{MAX_CANDIDATES} (default {DEFAULT_CANDIDATES}); "
+                   + SEED_FORMULA + "; a batch samples --batch-size x M candidates")
     p.add_argument("--max-batch", type=int_in(1, MAX_ROWS), default=None,
                    help="cap on rows per model call (>= 1; a batch sends batch-size x (concepts + 1) rows)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the model (world models; on CPUs without native bf16 convolutions run 50-90x slower under it: bench/bf16_conv.py)")
+    add_precision_options(p)
     p.add_argument("--device", default="auto",
                    help="where the model runs: auto (cuda if torch sees a GPU, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
@@ -119,29 +143,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"output PNG grid of at most {MAX_GRID} images (default composed.png)")
     p.add_argument("--out-dir", default=None, metavar="DIR",
                    help="write one PNG per image into DIR instead of a grid, named INDEX_seedSEED.png, each "
-                   "written whole or not at all (created if missing; files of the same name are replaced)")
+                   "written whole or not at all (created if missing; files of the same name are replaced); with "
+                   "--select, INDEX_seedSEED.json beside each (SEED: the requested seed + INDEX; the JSON's 'seed' "
+                   "is the kept candidate's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def pick_device(name: str) -> torch.device:
-    """--device: auto, cpu, cuda or cuda:N; a GPU that torch cannot see is a usage error."""
-    from compdiff.cli import UsageError
+    """--device: auto, cpu, cuda or cuda:N (compdiff.devices, shared with the web app's serve)."""
+    from compdiff.devices import pick_device as pick
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name!r}: compdiff sample runs on cpu or cuda")
-    return device
+    return pick(name)
 
 
 def add_corrector_options(p: argparse.ArgumentParser) -> None:
@@ -197,6 +210,12 @@ def image_name(index: int, seed: int, n: int) -> str:
     return f"{index:0{max(5, len(str(n - 1)))}d}_seed{seed}.png"
 
 
+def sidecar_name(png: str | Path) -> Path:
+    """The JSON written beside a PNG with --select: the same name with .json (``00017_seed17.json``,
+    ``composed.json``)."""
+    return Path(png).with_suffix(".json")
+
+
 def check_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     """(grid file, image folder), exactly one set; UsageError for a path that cannot be written
     (checked before any work: nothing is created here)."""
@@ -219,24 +238,29 @@ def check_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     problem = output_problem(out)
     if problem:
         raise UsageError(f"--out {excerpt(out, 80)}: {problem}")
+    if getattr(args, "select", None) is not None:
+        problem = output_problem(sidecar_name(out))
+        if problem:
+            raise UsageError(f"--out {excerpt(out, 80)}: its selection record {sidecar_name(out).name}: {problem}")
     return Path(out), None
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check everything, open the model, then :func:`compdiff.generate.prepare` and its batches."""
     from compdiff.backends import open_model
-    from compdiff.cli import UsageError
-    from compdiff.compose import compose
+    from compdiff.cli import UsageError, apply_precision, requested_precision
     from compdiff.expr import parse
-    from compdiff.backends.one_call import seeded_start
-    from compdiff.sampling import get_sampler
+    from compdiff.expr.display import excerpt
+    from compdiff.generate import prepare
 
     if args.seed + args.n - 1 > MAX_SEED:
         raise UsageError(f"--seed {args.seed} with --n {args.n}: image i uses seed + i, which must stay "
                          f"below 2**63")
+    if args.candidates is not None and args.select is None:
+        raise UsageError("--candidates needs --select lift or --select cached-lift")
+    candidates = (DEFAULT_CANDIDATES if args.candidates is None else args.candidates) if args.select else 1
     out, out_dir = check_outputs(args)
     corrector = corrector_from(args)
-    from compdiff.expr.display import excerpt
-
     masks = read_masks(args.mask)
     expr = parse(args.expr, masks=masks)  # bad expressions (and a missing mask) fail before any model is loaded
     unused = sorted(set(masks) - {t.region.name for t in _all_terms(expr) if t.region and t.region.kind == "mask"})
@@ -244,80 +268,97 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--mask {excerpt(unused[0], 40)}=...: the expression has no region mask:{excerpt(unused[0], 40)}")
     clauses = expr.clauses()  # NOT of an OR, bad mixture weights: InputError, before the model too
     _check_effective(clauses, 1.0 if args.guidance_scale is None else args.guidance_scale, args.mode)
+    if args.sampler is not None:
+        sampler_kwargs(args.sampler, args.eta)  # --eta for a sampler without one: before the model is opened
     device = pick_device(args.device)
     if args.cpu_offload and device.type == "cpu":
         why = "torch sees no CUDA GPU here" if args.device == "auto" else f"--device {args.device}"
         raise UsageError(f"--cpu-offload needs a GPU (an accelerator device): it keeps the weights in CPU memory and "
                          f"moves each module to the GPU while it runs, but the device is cpu ({why}); drop "
                          "--cpu-offload to run on the CPU")
-    m = open_model(args.model or args.task, device=device, dtype=args.dtype, bf16=args.bf16,
-                   cpu_offload=args.cpu_offload)
-    scale = m.default_scale if args.guidance_scale is None else args.guidance_scale
-    run_scheduler = _scheduler_run(args, m)
+    precision = requested_precision(args)
+    from compdiff.models import shipped_models
+
+    shipped = shipped_models()
+    if args.model is None and args.task not in shipped:
+        raise UsageError(f"--task {args.task} has no shipped model (shipped: {', '.join(shipped)}): pass "
+                         f"--model DIR, a model trained with 'compdiff train --task {args.task}'")
+    m = open_model(args.model or args.task, device=device, dtype=args.dtype, cpu_offload=args.cpu_offload)
+    said = apply_precision([m], precision, rows=min(args.n, args.batch_size or args.n) * (max(len(c.terms) for c in clauses) + 1))
+    if said:
+        print(f"compdiff sample: {said}", file=sys.stderr, flush=True)
     if args.distilled_guidance is not None:
         if not hasattr(m.denoiser, "distilled_guidance"):
             raise UsageError(f"--distilled-guidance applies to guidance-distilled Flux models, not {m.family}")
         m.denoiser.distilled_guidance = args.distilled_guidance
-    sampler = args.sampler or m.sampling.get("sampler", "ddim")
-    steps = args.steps or int(m.sampling.get("steps", 50))
-    options = sampler_kwargs(sampler, args.eta)
-    eps_fn = compose(m.denoiser, m.encoder, expr, guidance_scale=scale, mode=args.mode, rescale=args.rescale,
-                     max_batch=args.max_batch, negation=args.negation, masks=masks, feather=args.feather,
-                     region_mode=args.region_mode)
-    if not bool(torch.isfinite(eps_fn.weight_matrix).all()):
-        raise UsageError(f"the effective weights (weight x --guidance-scale {scale:g}) overflow; use smaller weights")
-    try:
-        spacing = args.spacing or (m.info.get("timestep_spacing", "trailing")
-                                   if m.schedule.prediction == "velocity" else "trailing")
-        ts = m.schedule.timesteps(steps, spacing)
-    except ValueError as err:
-        raise UsageError(f"--steps/--spacing: {err}") from None
-    print(f"model: {m.name} ({m.family}, {device})")
-    print(f"expression: {expr}")
-    for i, clause in enumerate(eps_fn.clauses):
-        if len(eps_fn.clauses) > 1:
-            print(f"  clause {i + 1} (pi = {clause.weight:.3f}):")
-        for (k, region), w in zip(eps_fn.slots, eps_fn.weight_matrix[i].tolist()):
-            if w:
-                print(f"  {w:+8.3f}  {eps_fn.concepts[k]}" + ("" if region is None else f"  @ {region}"))
-    how = f"scheduler: {type(run_scheduler.scheduler).__name__}" if run_scheduler else f"sampler: {sampler}"
-    print(f"{how}, {steps} steps, {args.n} images, {min(args.batch_size, args.n)} at a time")
-
-    sample_fn = get_sampler(sampler)
-    n, seed = args.n, args.seed
-    bar = progress_bar(n, "sampling", "image", disable=args.no_progress,
+    bar = progress_bar(args.n, "sampling", "image", disable=args.no_progress,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
-    bar.set_postfix_str(f"0/{n} images", refresh=False)
+    run = prepare(m, expr, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
+                  guidance_scale=args.guidance_scale, corrector=corrector, negation=args.negation, mode=args.mode,
+                  rescale=args.rescale, eta=args.eta, masks=masks, feather=args.feather,
+                  region_mode=args.region_mode, scheduler=args.scheduler, max_batch=args.max_batch,
+                  callback=lambda info: bar.update(info.x.shape[0] / (info.num_steps * candidates)),
+                  select=args.select, candidates=candidates if args.select else None)
+    _describe(m, device, expr, run, args)
+    seeds = range(args.seed, args.seed + args.n)
+    bar.set_postfix_str(f"0/{args.n} images", refresh=False)
     tiles = []  # the grid's images, uint8 (at most MAX_GRID)
-    for start in range(0, n, args.batch_size):
-        b = min(args.batch_size, n - start)
-        fn, x_T, gens = seeded_start(eps_fn, m.latent_shape, [seed + start + j for j in range(b)], device)
-        tick = lambda info, b=b: bar.update(b / len(ts))  # noqa: E731
-        if run_scheduler:
-            x0 = run_scheduler.run(fn, x_T, run_scheduler.scheduler, steps, generator=gens, callback=tick, eta=args.eta)
-        else:
-            x0 = sample_fn(fn, x_T, m.schedule, ts, generator=gens, callback=tick, clip_x0=m.clip_x0,
-                           corrector=corrector, **options)
-        images = to_uint8(m.decode(x0))
-        del x0, x_T, fn
+    records = []  # with --select, the grid's selection records
+    done = 0
+    for batch in run.batches(seeds, args.batch_size):
+        images = batch.uint8().permute(0, 2, 3, 1).numpy()
         if out_dir is not None:
             from PIL import Image
 
-            for j in range(b):
-                write_png(Image.fromarray(images[j]), out_dir / image_name(start + j, seed + start + j, n))
+            for j, seed in enumerate(batch.seeds):
+                png = out_dir / image_name(done + j, seed, args.n)
+                write_png(Image.fromarray(images[j]), png)
+                if args.select:
+                    write_json(sidecar_name(png), {**_header(m, expr), "index": done + j, "file": png.name,
+                                                   **batch.record(j)})
         else:
             tiles.append(images)
-        bar.set_postfix_str(f"{start + b}/{n} images", refresh=False)
-        bar.update(start + b - bar.n)  # the steps' fractions, made whole
+            records += [{"index": done + j, **batch.record(j)} for j in range(len(batch.seeds))] if args.select \
+                else []
+        done += len(batch.seeds)
+        bar.set_postfix_str(f"{done}/{args.n} images", refresh=False)
+        bar.update(done - bar.n)  # the steps' fractions, made whole
     bar.close()
     if out_dir is not None:
-        print(f"wrote {n} images to {out_dir}{os.sep}")
+        print(f"wrote {args.n} images to {out_dir}{os.sep}")
     else:
         import numpy as np
 
         write_grid_uint8(np.concatenate(tiles), out)
-        print(f"wrote {out} ({n} images)")
+        if args.select:
+            write_json(sidecar_name(out), {**_header(m, expr), "file": out.name, "columns": min(8, args.n),
+                                           "images": records})
+        print(f"wrote {out} ({args.n} images)" + (f" and {sidecar_name(out)}" if args.select else ""))
     return 0
+
+
+def _header(m, expr) -> dict:  # noqa: ANN001
+    """What every selection record starts with: the model, the expression and the seed rule."""
+    return {"model": m.name, "expression": str(expr), "seed_rule": SEED_FORMULA}
+
+
+def _describe(m, device: torch.device, expr, run, args: argparse.Namespace) -> None:  # noqa: ANN001
+    """The model, the expression and each clause's effective weights, and how it is sampled."""
+    fn = run.fn
+    print(f"model: {m.name} ({m.family}, {device})")
+    print(f"expression: {expr}")
+    for i, clause in enumerate(fn.clauses):
+        if len(fn.clauses) > 1:
+            print(f"  clause {i + 1} (pi = {clause.weight:.3f}):")
+        for (k, region), w in zip(fn.slots, fn.weight_matrix[i].tolist()):
+            if w:
+                print(f"  {w:+8.3f}  {fn.concepts[k]}" + ("" if region is None else f"  @ {region}"))
+    p = run.plan
+    how = f"scheduler: {type(p.scheduler).__name__}" if p.scheduler is not None else f"sampler: {p.sampler}"
+    print(f"{how}, {p.steps} steps, {args.n} images, {min(args.batch_size, args.n)} at a time")
+    if run.selecting is not None:
+        sel = run.selecting
+        print(f"selection: {sel.how}, {sel.candidates} candidates per image (the best by the lift keep rule)")
 
 
 def read_masks(specs: list[str]) -> dict[str, torch.Tensor]:
@@ -349,38 +390,6 @@ def _all_terms(expr) -> list:  # noqa: ANN001
     return [t for clause in expr.clauses() for t in clause.terms]
 
 
-class _SchedulerRun(NamedTuple):
-    run: Callable  # the model's run_scheduler(fn, x_T, scheduler, steps, generator=, callback=, eta=)
-    scheduler: object  # the diffusers scheduler it runs
-
-
-def _scheduler_run(args: argparse.Namespace, m) -> _SchedulerRun | None:  # noqa: ANN001
-    """--scheduler: the diffusers scheduler to run (the folder's own, or a class built from its config)."""
-    from compdiff.cli import UsageError
-
-    if args.scheduler is None:
-        return None
-    if "run_scheduler" not in m.info:
-        raise UsageError(f"--scheduler applies to diffusers pipelines, not to a {m.family} model; use --sampler")
-    if args.correct is not None or args.sampler is not None:
-        raise UsageError("--scheduler runs a diffusers scheduler instead of compdiff's samplers: it cannot be "
-                         "combined with --sampler or --correct")
-    own = m.info["scheduler"]
-    if args.scheduler == "pipeline":
-        return _SchedulerRun(m.info["run_scheduler"], own)
-    import diffusers
-
-    cls = getattr(diffusers, args.scheduler, None)
-    if not (isinstance(cls, type) and args.scheduler.endswith("Scheduler") and hasattr(cls, "from_config")):
-        raise UsageError(f"--scheduler {args.scheduler!r}: not a diffusers scheduler class (e.g. "
-                         "EulerDiscreteScheduler, DPMSolverMultistepScheduler) or 'pipeline'")
-    try:
-        return _SchedulerRun(m.info["run_scheduler"], cls.from_config(own.config))
-    except Exception as err:  # noqa: BLE001 - whatever the scheduler refuses in this config
-        raise UsageError(f"--scheduler {args.scheduler}: cannot be built from this pipeline's scheduler config "
-                         f"({err})") from None
-
-
 def _check_effective(clauses: list, scale: float, mode: str) -> None:
     """UsageError when a clause's effective weight (k·w·s) is not finite."""
     from compdiff.cli import UsageError
@@ -394,9 +403,10 @@ def _check_effective(clauses: list, scale: float, mode: str) -> None:
 
 
 def to_uint8(images: torch.Tensor):
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8 numpy, on the CPU."""
-    u8 = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return u8.permute(0, 2, 3, 1).numpy()
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8 numpy, on the CPU (compdiff.generate.to_uint8)."""
+    from compdiff.generate import to_uint8 as quantise
+
+    return quantise(images).permute(0, 2, 3, 1).numpy()
 
 
 def write_grid(images: torch.Tensor, out: str, columns: int = 8, min_cell: int = 128) -> None:

@@ -20,6 +20,13 @@ expression via ``compose_each``), read by the judge, and scored:
   real renders of the same sets; ``fd_floor`` is the same distance between those real
   renders and real renders of other sets of the same K (what "as good as real" reads as).
 
+With selection (``EvalSpec.select`` "lift" | "cached-lift", ``candidates`` M; compdiff.generate's), each
+set draws M candidates and keeps the best by the model's own lift; every cell records ``model_evals``
+(denoiser rows spent, sampling and scoring) and, with selection, ``selection``: per set the kept
+candidate, its lift per concept (as ``asked`` names them, the NOT concept last), margin and whether the
+keep rule held, beside the judge's per-concept verdicts (``concept_success``, ``negative_success``):
+what bench/lift_selection.py reads for lift-as-classifier agreement and ROC AUC.
+
 Results go to ``results.json`` after every cell (atomically), so an interrupted run
 resumes without recomputing finished cells; table.md and accuracy.png are rewritten too.
 """
@@ -33,8 +40,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from compdiff.compose_each import compose_each
 from compdiff.errors import InputError
+from compdiff.generate import OpenedModel
 from compdiff.eval.concept_sets import (REGION_SIZE, SETS_VERSION, ConceptSet, check_regions, concept_sets,
                                         has_regions)
 from compdiff.eval.frechet import frechet_from_features, judge_features
@@ -43,7 +50,6 @@ from compdiff.eval.stats import wilson
 from compdiff.expr import quote
 from compdiff.atomic import write_json, write_png
 from compdiff.correctors import Corrector
-from compdiff.sampling import generators, get_sampler, randn, sampler_options
 from compdiff.schedule import Schedule
 from compdiff.world import get_task, render, to_uint8
 from compdiff.world.grid import make_grid
@@ -76,6 +82,8 @@ class EvalSpec:
     sets_version: int = SETS_VERSION  # how the concept sets were drawn (concept_sets.py); 1 before 2026-12-01
     feather: float = 0.0  # regions: width of the boxes' linear edge ramp, image fraction (compose's feather)
     region_mode: str = "sum"  # regions: "sum" | "normalize" where boxes overlap (compose's region_mode)
+    select: str | None = None  # selection while sampling: "lift" | "cached-lift" (compdiff.generate's select)
+    candidates: int = 1  # candidates per set with select
 
     def corrector(self) -> Corrector | None:
         """The corrector of this evaluation: ``correct`` with ``corrector_steps`` and the default range."""
@@ -105,40 +113,78 @@ class Method:
             raise InputError(f"{self.name}: a joint-conditioning model has no NOT")
         return quote("; ".join(task.format(c) for c in s.positives))
 
+    def opened(self, spec: EvalSpec, shape: tuple[int, ...]) -> OpenedModel:
+        """This method's model as compdiff.generate sees it: images of ``shape``, the spec's x̂_0 clamp."""
+        return OpenedModel(self.denoiser, self.encoder, self.schedule, tuple(shape), lambda x: x.clamp(-1, 1),
+                           "eval", self.name, spec.guidance_scale, clip_x0=spec.clip_x0,
+                           device=torch.device(self.device))
+
 
 def generate(method: Method, task: Task, sets: list[ConceptSet], spec: EvalSpec, shape: tuple[int, ...],
-             tick: Callable[[], None] = lambda: None, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """One image per set, (N, *shape) in [-1, 1]: the sets in chunks of spec.batch_size, each chunk
-    one compose_each call; set i gets the noise of seed spec.seed·100000 + i for every method.
+             tick: Callable[[], None] = lambda: None, shard: tuple[int, int] = (0, 1),
+             generated: list | None = None) -> torch.Tensor:
+    """One image per set, (N, *shape) in [-1, 1]: set i follows its own expression and gets the noise of
+    seed spec.seed·100000 + i for every method (:func:`sample_images`)."""
+    exprs = [method.expression(task, s, spec.region_size) for s in sets]
+    return sample_images(method.opened(spec, shape), exprs, spec, tick, shard, mode=method.mode, generated=generated)
+
+
+def sample_images(model: OpenedModel, exprs: list[str], spec: EvalSpec, tick: Callable[[], None] = lambda: None,
+                  shard: tuple[int, int] = (0, 1), mode: str = "sum", generated: list | None = None) -> torch.Tensor:
+    """compdiff.generate of ``exprs`` (image i: exprs[i], seed spec.seed·100000 + i) in chunks of
+    spec.batch_size, with the spec's sampler, steps, spacing, guidance, corrector, selection and options.
+    ``generated``: a list that receives every chunk's compdiff.Generated (images without the tensor:
+    seeds, selection, model_evals), in order.
 
     shard = (rank, world): this process makes the chunks c with c % world == rank and the processes
     exchange them, so every process returns all N images, each from exactly the chunk (same rows,
     same batch) a single process would have run: bit-identical to one process."""
+    from dataclasses import replace
+
+    from compdiff.generate import generate as run
+
     rank, world = shard
-    schedule = method.schedule
-    ts = schedule.timesteps(spec.steps, spec.spacing)
-    sampler = get_sampler(spec.sampler)
-    options = {"eta": spec.eta} if "eta" in sampler_options(spec.sampler) else {}
-    corrector = spec.corrector()
     out = {}
-    for c, start in enumerate(range(0, len(sets), spec.batch_size)):
+    for c, start in enumerate(range(0, len(exprs), spec.batch_size)):
         if c % world != rank:
             continue
-        chunk = sets[start:start + spec.batch_size]
-        exprs = [method.expression(task, s, spec.region_size) for s in chunk]
-        eps_fn = compose_each(method.denoiser, method.encoder, exprs, guidance_scale=spec.guidance_scale,
-                              mode=method.mode, rescale=spec.rescale, negation=spec.negation, feather=spec.feather,
-                              region_mode=spec.region_mode)
-        gens = generators([spec.seed * 100_000 + start + j for j in range(len(chunk))])  # same noise per method
-        x_T = randn((len(chunk), *shape), gens, device=method.device)  # drawn on the CPU, moved
-        x = sampler(eps_fn, x_T, schedule, ts, generator=gens, callback=lambda _: tick(), clip_x0=spec.clip_x0,
-                    corrector=corrector, **options)
-        out[c] = x.clamp(-1, 1).cpu()
+        chunk = exprs[start:start + spec.batch_size]
+        seeds = [spec.seed * 100_000 + start + j for j in range(len(chunk))]  # same noise per method
+        g = run(model, chunk, seeds, sampler=spec.sampler, steps=spec.steps, spacing=spec.spacing,
+                guidance_scale=spec.guidance_scale, corrector=spec.corrector(), negation=spec.negation,
+                mode=mode, rescale=spec.rescale, eta=spec.eta, feather=spec.feather,
+                region_mode=spec.region_mode, callback=lambda _: tick(), select=spec.select,
+                candidates=spec.candidates if spec.select else None)
+        out[c] = (g.images, replace(g, images=torch.empty(0)))
     if world > 1:
         from accelerate.utils import gather_object
 
         out = dict(gather_object(list(out.items())))
-    return torch.cat([out[c] for c in sorted(out)])
+    if generated is not None:
+        generated.extend(out[c][1] for c in sorted(out))
+    return torch.cat([out[c][0] for c in sorted(out)])
+
+
+def selection_record(task: Task, sets: list[ConceptSet], parts: list) -> dict[str, Any]:
+    """A cell's ``model_evals`` and, with selection, its ``selection``: per set the kept candidate, its lift
+    per concept in the order of ``asked`` (then the NOT concept), margin and whether the keep rule held."""
+    rec: dict[str, Any] = {"model_evals": int(sum(g.model_evals for g in parts)),
+                           "lift_evals": int(sum(g.lift_evals for g in parts))}
+    if not parts or parts[0].select is None:
+        return rec
+    kept = [k for g in parts for k in g.kept]
+    lifts = [dict((c, v) for c, _, v in row) for g in parts for row in g.lifts]
+    names = [[task.format(c) for c in s.positives] + ([task.format(s.negative)] if s.negative is not None else [])
+             for s in sets]
+
+    def num(v: float | None) -> float | None:
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    rec["selection"] = {"select": parts[0].select, "candidates": parts[0].candidates, "kept": kept,
+                        "lift": [[num(table.get(c)) for c in row] for table, row in zip(lifts, names)],
+                        "margin": [num(m) for g in parts for m in g.margins],
+                        "satisfied": [bool(v) for g in parts for v in g.satisfied]}
+    return rec
 
 
 def shard_of_this_process() -> tuple[int, int]:
@@ -180,7 +226,9 @@ def _score(task: Task, judge: Judge, sets: list[ConceptSet], images: torch.Tenso
     if has_regions(task):
         res.update(region_metrics(task, sets, judged, region_size))
     if any(s.negative is not None for s in sets):
-        res["negated_absent"] = float(np.mean([not task.holds(s.negative, j) for s, j in zip(sets, judged)]))
+        absent = [None if s.negative is None else not task.holds(s.negative, j) for s, j in zip(sets, judged)]
+        res["negated_absent"] = float(np.mean([a for a in absent if a is not None]))
+        res["negative_success"] = absent  # per set: the NOT concept is absent (None: the set has none)
     return res
 
 
@@ -246,8 +294,10 @@ def run_eval(spec: EvalSpec, methods: dict[str, Method], judge: Judge, out: str 
         for name in names:
             m = methods[name]
             bar.set_postfix(cell=f"{name} K={k}")
-            images = generate(m, task, sets, spec, shape, lambda: bar.update(1), shard)
+            parts: list = []
+            images = generate(m, task, sets, spec, shape, lambda: bar.update(1), shard, parts)
             cell = _score(task, judge, sets, images, spec.region_size)
+            cell.update(selection_record(task, sets, parts))
             cell.update(k=k, method=name, fd_judge=frechet_from_features(judge_features(images, judge), f_real),
                         fd_floor=fd_floor, real_accuracy=real_acc, device=str(m.device))
             results["cells"][f"{name}/K{k}"] = cell

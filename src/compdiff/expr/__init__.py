@@ -109,10 +109,20 @@ probability pi (the clauses' pi sum to 1). Rules:
   expression that contains OR is refused with ``InputError``.
 * Clauses with the same merged terms are merged by adding their pi; at most
   ``MAX_CLAUSES`` clauses (the expansion is exponential in nested ORs).
+
+Edits
+-----
+``compdiff.expr.edit``: leaf-by-leaf edits of a tree (``concept_leaves``, ``replace_leaf``,
+``set_weight``, ``set_region``, ``conjoin``), leaves numbered in text order; and
+``format_expr(expr, box_decimals=3)``, the canonical text with region boxes in fixed decimals.
+Front ends edit the tree and print it; they never rewrite ``str(expr)``.
 """
+from compdiff.expr.edit import Leaf, concept_leaves, conjoin, replace_leaf, set_region, set_weight
 from compdiff.expr.parser import parse
+from compdiff.expr.region import format_region
 from compdiff.expr.tree import (DEFAULT_MAX_CONCEPTS, KEYWORDS, MAX_CLAUSES, MAX_DEPTH, MAX_WEIGHT, And, Clause,
-                                Concept, Expr, Not, Or, Term, normalize_text, quote, weighted)
+                                Concept, Expr, Not, Or, Term, format_expr, normalize_text, quote, weighted)
 
 __all__ = ["DEFAULT_MAX_CONCEPTS", "KEYWORDS", "MAX_DEPTH", "MAX_CLAUSES", "MAX_WEIGHT", "And", "Clause", "Concept",
-           "Expr", "Not", "Or", "Term", "normalize_text", "parse", "quote", "weighted"]
+           "Expr", "Leaf", "Not", "Or", "Term", "concept_leaves", "conjoin", "format_expr", "format_region",
+           "normalize_text", "parse", "quote", "replace_leaf", "set_region", "set_weight", "weighted"]

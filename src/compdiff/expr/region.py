@@ -107,6 +107,17 @@ class Region:
         return "(" + ", ".join(repr(v) for v in self.coords) + ")"  # type: ignore[union-attr]
 
 
+def format_region(region: Region, decimals: int = 3) -> str:
+    """``region`` as expression text, a box with ``decimals`` fixed decimals where they hold its
+    coordinates exactly (``(0.100, 0.250, 0.500, 0.900)``, as boxes drawn on a canvas are rounded),
+    else ``str(region)``. Parses back to the same region either way."""
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
+        raise ValueError(f"decimals must be an integer >= 0, got {decimals!r}")
+    if region.kind == "box" and all(round(v, decimals) == v for v in region.coords):  # type: ignore[union-attr]
+        return "(" + ", ".join(f"{v + 0.0:.{decimals}f}" for v in region.coords) + ")"  # type: ignore[union-attr]
+    return str(region)
+
+
 def as_region(value: "Region | str | Box | None") -> "Region | None":
     """A Region from a Region, a name (``"left"``, ``"mask:face"``) or a box tuple; None stays None."""
     if value is None or isinstance(value, Region):
@@ -118,4 +129,4 @@ def as_region(value: "Region | str | Box | None") -> "Region | None":
     raise TypeError(f"a region is a Region, a name or a box (x0, y0, x1, y1), got {value!r}")
 
 
-__all__ = ["NAMED", "Region", "Box", "as_region", "box_problem"]
+__all__ = ["NAMED", "Region", "Box", "as_region", "box_problem", "format_region"]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from compdiff.errors import InputError
 from compdiff.expr.display import escape, excerpt, forbidden_char
-from compdiff.expr.region import Region, as_region
+from compdiff.expr.region import Region, as_region, format_region
 
 KEYWORDS = ("AND", "NOT", "OR")
 #: most parentheses + NOTs enclosing any concept (guards the recursion)
@@ -127,7 +127,7 @@ class Expr:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        return _fmt(self)
+        return _fmt(self, str)
 
     def _check_no_or(self) -> None:
         if self.has_or():
@@ -323,25 +323,35 @@ def _wsuffix(w: float) -> str:
     return "" if w == 1.0 else ":" + repr(w)
 
 
-def _fmt(e: Expr) -> str:
+def format_expr(expr: Expr, *, box_decimals: int | None = None) -> str:
+    """The canonical text of ``expr``: ``str(expr)``, except that with ``box_decimals`` each
+    region box is written with that many fixed decimals where they hold it exactly
+    (``format_region``; boxes drawn on a canvas are rounded so), e.g. ``@ (0.100, 0.200, 0.500,
+    0.900)``. Either way the text parses back to an equal tree."""
+    if box_decimals is None:
+        return _fmt(expr, str)
+    return _fmt(expr, lambda r: format_region(r, box_decimals))
+
+
+def _fmt(e: Expr, region: Callable[[Region], str]) -> str:
     if isinstance(e, Concept):
-        return quote(e.text) + _wsuffix(e.weight) + ("" if e.region is None else f" @ {e.region}")
+        return quote(e.text) + _wsuffix(e.weight) + ("" if e.region is None else f" @ {region(e.region)}")
     if isinstance(e, Not):
-        return "NOT " + _operand(e.child, (And, Or))
+        return "NOT " + _operand(e.child, (And, Or), region)
     assert isinstance(e, (And, Or))
     if len(e.children) == 1:  # weighted group
-        return "(" + _fmt(e.children[0]) + ")" + _wsuffix(e.weight)
+        return "(" + _fmt(e.children[0], region) + ")" + _wsuffix(e.weight)
     if isinstance(e, And):
-        body = " AND ".join(_operand(c, (And, Or)) for c in e.children)
+        body = " AND ".join(_operand(c, (And, Or), region) for c in e.children)
     else:
-        body = " OR ".join(_operand(c, (Or,)) for c in e.children)
+        body = " OR ".join(_operand(c, (Or,), region) for c in e.children)
     return body if e.weight == 1.0 else f"({body}){_wsuffix(e.weight)}"
 
 
-def _operand(e: Expr, wrap: tuple[type, ...]) -> str:
+def _operand(e: Expr, wrap: tuple[type, ...], region: Callable[[Region], str]) -> str:
     """``e`` printed as an operand; an unweighted And/Or of a type in ``wrap``
     gets parentheses (weighted ones print their own)."""
-    s = _fmt(e)
+    s = _fmt(e, region)
     if isinstance(e, wrap) and e.weight == 1.0:  # type: ignore[union-attr]
         return f"({s})"
     return s

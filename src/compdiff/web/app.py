@@ -1,4 +1,5 @@
-"""The ``compdiff serve`` page: Gradio components wired to the functions of ``compdiff.web.core``.
+"""The ``compdiff serve`` page: Gradio components wired to the functions of ``compdiff.web.core``
+(and its modules by concern: ``canvas``, ``store``, ``validate``).
 
 Importing this module imports Gradio (the optional extra ``compdiff[web]``); ``import compdiff``
 never does. Analytics are off and nothing is fetched from the network: no share link, the
@@ -22,8 +23,11 @@ from compdiff.correctors import KERNELS  # noqa: E402
 from compdiff.errors import InputError  # noqa: E402
 from compdiff.sampling import SAMPLERS  # noqa: E402
 from compdiff.web import core  # noqa: E402
-from compdiff.web.core import (CANVAS_PX, CORRECTOR_OFF, MAX_FEATHER, REGION_MODES, REGION_PX, Cancelled,  # noqa: E402
-                               Limits, ModelStore, Settings)
+from compdiff.web.canvas import CANVAS_PX, REGION_PX  # noqa: E402
+from compdiff.web.core import MAX_FEATHER, Cancelled  # noqa: E402
+from compdiff.web.store import ModelStore  # noqa: E402
+from compdiff.web.validate import (CORRECTOR_OFF, REGION_MODES, SELECT_CHOICES, SELECT_OFF, Limits,  # noqa: E402
+                                   Settings, check_number)
 
 TITLE = "compdiff: compose concepts"
 #: slider range of a concept's own weight (wider weights typed in the text widen it)
@@ -105,6 +109,19 @@ def _chosen(value, rows) -> int | None:
     if not rows:
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(rows) else 0
+
+
+def _converted(component, payload, what: str):
+    """One input of an event that runs with ``preprocess=False``: a number field's payload checked
+    first (``n="abc"``, None or NaN from the API is a message naming the field: Gradio's own
+    conversion fails there without one, ``{"error": null}``), then Gradio's conversion
+    (``component.preprocess``: its bounds, rounding and choices), as the event would have run it."""
+    if isinstance(component, gr.Slider) or (isinstance(component, gr.Number) and payload is not None):
+        try:
+            check_number(payload, what)
+        except InputError as err:
+            raise gr.Error(str(err), title="Invalid input") from None
+    return component.preprocess(payload)  # its failures are gr.Error, with a message
 
 
 class _Stops:
@@ -206,11 +223,20 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
             negation = gr.Radio(["plain", "perp"], value="plain", label="Negation", elem_id="negation")
             mode = gr.Radio(["sum", "mean"], value="sum", label="Weight rule", elem_id="mode")
         with gr.Row():
+            select = gr.Radio(list(SELECT_CHOICES), value=SELECT_OFF, elem_id="select",
+                              label="Selection (keep the best of several candidates by the model's own lift)",
+                              info="lift: re-noise each candidate (10 extra evaluations per term); cached-lift: "
+                                   "score the sampling trajectory (no extra evaluation)")
+            candidates = gr.Slider(1, limits.max_candidates, value=min(4, limits.max_candidates), step=1,
+                                   label="Candidates per image", elem_id="candidates",
+                                   info="candidate 0 is the plain image of its seed")
+        with gr.Row():
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
         status = gr.Markdown("", elem_id="status")
         gallery = gr.Gallery(label="Images", columns=8, format="png", buttons=["download", "fullscreen"],
                              object_fit="contain", elem_id="gallery")
+        selection = gr.Markdown("", elem_id="selection")
         command = gr.Textbox(label="Command that reproduces the gallery", interactive=False,
                              buttons=["copy"], elem_id="command")
 
@@ -293,41 +319,53 @@ def build_app(store: ModelStore, limits: Limits = Limits()) -> gr.Blocks:
                      show_progress="hidden").then(refresh, live_inputs, live, queue=False, show_progress="hidden")
 
         # ---- generation ---------------------------------------------------------------
+        #: its inputs and the names their messages use; the event converts them itself (_converted)
+        gen_inputs = [(model, "model"), (expr, "expression"), (n, "n"), (seed, "seed"), (sampler, "sampler"),
+                      (steps, "steps"), (scale, "the guidance scale"), (corrector, "corrector"),
+                      (negation, "negation"), (mode, "mode"), (feather, "feather"), (region_mode, "region mode"),
+                      (select, "select"), (candidates, "candidates")]
+
         def on_generate(model_name, text, n_, seed_, sampler_, steps_, scale_, corrector_, negation_, mode_,
-                        feather_, region_mode_, request: gr.Request, progress=gr.Progress()):
+                        feather_, region_mode_, select_, candidates_, request: gr.Request, progress=gr.Progress()):
+            payloads = (model_name, text, n_, seed_, sampler_, steps_, scale_, corrector_, negation_, mode_,
+                        feather_, region_mode_, select_, candidates_)
+            (model_name, text, n_, seed_, sampler_, steps_, scale_, corrector_, negation_, mode_, feather_,
+             region_mode_, select_, candidates_) = [_converted(c, v, what)
+                                                    for (c, what), v in zip(gen_inputs, payloads, strict=True)]
             session = getattr(request, "session_hash", None) or "anonymous"
             flag = stops.start(session)
             t0 = time.perf_counter()
             try:
                 s = Settings(model=model_name, expr=text if isinstance(text, str) else "", n=n_, seed=seed_,
                              sampler=sampler_, steps=steps_, guidance_scale=scale_, corrector=corrector_,
-                             negation=negation_, mode=mode_, feather=feather_, region_mode=region_mode_)
+                             negation=negation_, mode=mode_, feather=feather_, region_mode=region_mode_,
+                             select=select_, candidates=candidates_)
                 g = core.generate(s, store, limits, should_stop=flag.is_set,
                                   progress=lambda done, total: progress((done, total), desc="sampling", unit="steps"))
             except Cancelled:
-                return gr.update(), gr.update(), "**Stopped.**"
+                return gr.update(), gr.update(), "**Stopped.**", gr.update()
             except InputError as err:
-                return gr.update(), gr.update(), core.error_markdown(err)
+                return gr.update(), gr.update(), core.error_markdown(err), gr.update()
             except Exception as err:  # noqa: BLE001 - the server keeps serving; the page says what failed
                 traceback.print_exc(file=sys.stderr)
-                return gr.update(), gr.update(), core.error_markdown(err, "Generation failed")
+                return gr.update(), gr.update(), core.error_markdown(err, "Generation failed"), gr.update()
             finally:
                 stops.done(session, flag)
             took = time.perf_counter() - t0
             items = list(zip(g.images, g.captions))
-            return items, g.command, f"{len(items)} image{'s' if len(items) != 1 else ''} in {took:.1f} s"
+            return (items, g.command, f"{len(items)} image{'s' if len(items) != 1 else ''} in {took:.1f} s",
+                    g.table)
 
         gen_event = generate_btn.click(
-            on_generate, [model, expr, n, seed, sampler, steps, scale, corrector, negation, mode, feather, region_mode],
-            [gallery, command, status], concurrency_limit=1, concurrency_id="generate", api_name="generate",
-            show_progress_on=[gallery])
+            on_generate, [c for c, _ in gen_inputs], [gallery, command, status, selection], concurrency_limit=1,
+            concurrency_id="generate", api_name="generate", show_progress_on=[gallery], preprocess=False)
 
         def on_stop(request: gr.Request):
             running = stops.stop(getattr(request, "session_hash", None) or "anonymous")
             message = "**Stopped.**" if running else "Nothing was running (a waiting job, if any, was cancelled)."
-            return message, gr.update(), gr.update()  # also clears the cancelled job's marks on the outputs
+            return message, gr.update(), gr.update(), gr.update()  # also clears the cancelled job's marks
 
-        stop_btn.click(on_stop, None, [status, gallery, command], cancels=[gen_event], queue=False,
+        stop_btn.click(on_stop, None, [status, gallery, command, selection], cancels=[gen_event], queue=False,
                        api_visibility="private")
     return demo
 

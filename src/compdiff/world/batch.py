@@ -17,7 +17,9 @@ not ``scene_at(seed, i)``):
   objects a quarter of attempts dead-end, mostly on crowded (large) scenes.
   "centered": one object at 0.5 +- 0.03.
 - ``label_batch``: one true concept per scene in the task's condition-row
-  format, with ``sample_concept``'s probabilities, then null dropout.
+  format, with ``sample_concept``'s probabilities (the task's ``sample_rows``
+  hook: a tensor kernel in the task's own file, or Task's generic host path),
+  then null dropout.
 - ``render_batch``: packs on the device and calls ``render.render_packed``; on
   the CPU equal, bit for bit, to ``render(scenes_from_tensors(batch))`` for
   "free" scenes (zoomed "centered" ones to ~1e-6).
@@ -29,19 +31,18 @@ usually one round) when sampling, and once per render (the group sizes).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from compdiff.errors import InputError
 from compdiff.world.holdout import MAX_ATTEMPTS
 from compdiff.world.render import Packed, render_packed
 from compdiff.world.scene import (BORDER, COLORS, EXTENT, LAYOUTS, MATERIALS, SHAPES, SIZES,
                                   ZOOM, Layout, Obj, Scene)
-from compdiff.world.tasks import (RELATIONS, VOCAB, AttributesTask, DescribedTask, ObjectsTask,
-                                  RelationsTask, Task)
+
+if TYPE_CHECKING:  # tasks import this module (SceneBatch, uniform_choice); it names no task
+    from compdiff.world.tasks import Task
 
 #: position draws per object before a dead end, as in scene._sample_free
 TRIES = 200
@@ -232,97 +233,21 @@ def render_batch(batch: SceneBatch, resolution: int) -> Tensor:
     return render_packed(pack_batch(batch), resolution)
 
 
-def _uniform_choice(mask: Tensor, gen: torch.Generator) -> Tensor:
+def uniform_choice(mask: Tensor, gen: torch.Generator) -> Tensor:
     """(B, N) bool, every row with a True -> (B,) int64, a uniform True column of each row
-    (the largest of i.i.d. uniforms over the allowed columns)."""
+    (the largest of i.i.d. uniforms over the allowed columns): the tasks' label kernels use it."""
     u = torch.rand(mask.shape, generator=gen, device=mask.device)
     return u.masked_fill_(~mask, -1.0).argmax(1)
 
 
-def _objects_rows(s: SceneBatch, gen: torch.Generator) -> Tensor:
-    """(B, 3) float32 [x, y, 1] of a uniform object (ObjectsTask.sample_concept)."""
-    j = _uniform_choice(s.valid, gen)[:, None]
-    return torch.cat([s.x.gather(1, j), s.y.gather(1, j), torch.ones_like(s.x[:, :1])], 1)
-
-
-def _relations_rows(s: SceneBatch, gen: torch.Generator, margin: float,
-                    omit_prob: float) -> Tensor:
-    """(B, 9) int64 rows of RelationsTask.sample_concept: a uniform (a, b, relation) among
-    all true ones, then each of the 8 attribute words dropped (0 = any) with omit_prob.
-    Row: [shape1, color1, size1, material1, rel, shape2, ...], value = index + 1."""
-    B, K = s.valid.shape
-    xa, xb, ya, yb = s.x[:, :, None], s.x[:, None, :], s.y[:, :, None], s.y[:, None, :]
-    # relation_holds, written the same way; (B, K, K): first object a, second b
-    holds = {"left of": xa < xb - margin, "right of": xa > xb + margin,
-             "in front of": ya > yb + margin, "behind": ya < yb - margin}
-    true = torch.stack([holds[r] for r in RELATIONS], -1)            # (B, K, K, n_rel)
-    distinct = ~torch.eye(K, dtype=torch.bool, device=s.valid.device)
-    pair = s.valid[:, :, None] & s.valid[:, None, :] & distinct      # (B, K, K)
-    pick = _uniform_choice((true & pair[..., None]).flatten(1), gen)
-    n_rel = len(RELATIONS)
-    a, b, rel = pick // (K * n_rel), pick // n_rel % K, pick % n_rel
-    desc = torch.stack([s.shape, s.color, s.size, s.material], -1) + 1   # (B, K, 4)
-    first = desc.gather(1, a.view(B, 1, 1).expand(B, 1, 4))[:, 0]
-    second = desc.gather(1, b.view(B, 1, 1).expand(B, 1, 4))[:, 0]
-    keep = torch.rand(B, 8, generator=gen, device=gen.device) >= omit_prob
-    words = torch.cat([first, second], 1) * keep
-    return torch.cat([words[:, :4], rel[:, None] + 1, words[:, 4:]], 1)
-
-
-#: where each attribute kind's words start in attributes.VOCAB (1-based rows add 1)
-_VOCAB_START = tuple(VOCAB.index(v[0]) for v in _VOCABS)
-assert all(VOCAB[i:i + len(v)] == v for i, v in zip(_VOCAB_START, _VOCABS)), "VOCAB layout"
-
-
-def _attributes_rows(s: SceneBatch, gen: torch.Generator) -> Tensor:
-    """(B, 1) int64 VOCAB index + 1 of a uniform one of the main object's four attributes."""
-    words = torch.stack([t[:, 0] + i + 1 for t, i in zip(s[:4], _VOCAB_START)], 1)  # (B, 4)
-    kind = torch.randint(0, 4, (s.valid.shape[0], 1), generator=gen, device=gen.device)
-    return words.gather(1, kind)
-
-
-def _keep_patterns(n_words: int, omit_prob: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Every pattern of kept words but keep-none, (P, n_words) bool (pattern i keeps word w where
-    bit w of i + 1 is set), and the cumulative probabilities (P,) float32 of drawing each: every
-    word kept with prob. 1 - omit_prob, independently, conditioned on keeping at least one (the
-    redraw of DescribedTask.sample_concept). The probabilities are computed on the host in float64."""
-    patterns = range(1, 2**n_words)
-    p = [float(np.prod([1.0 - omit_prob if i >> w & 1 else omit_prob for w in range(n_words)])) for i in patterns]
-    cdf = np.cumsum(p) / sum(p)
-    bits = [[bool(i >> w & 1) for w in range(n_words)] for i in patterns]
-    return (torch.tensor(bits, dtype=torch.bool, device=device),
-            torch.tensor(cdf, dtype=torch.float32, device=device))
-
-
-def _described_rows(s: SceneBatch, gen: torch.Generator, omit_prob: float) -> Tensor:
-    """(B, 4) int64 rows of DescribedTask.sample_concept: [shape, color, size, material] (index + 1)
-    of a uniform object, times a draw of the kept words (0 = omitted) among the 15 patterns that
-    keep at least one, each with its probability under independent omission with omit_prob."""
-    B = s.valid.shape[0]
-    j = _uniform_choice(s.valid, gen)[:, None]
-    words = torch.cat([t.gather(1, j) for t in s[:4]], 1) + 1               # (B, 4)
-    bits, cdf = _keep_patterns(4, omit_prob, gen.device)
-    u = torch.rand(B, generator=gen, device=gen.device)
-    pick = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)  # inverse CDF
-    return words * bits[pick]
-
-
 def label_rows(task: Task, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
     """(B, D) condition rows of ``task.dtype``: one true concept per scene, drawn with
-    ``task.sample_concept``'s probabilities. Built-in tasks only (exact types: a subclass
-    may label differently); others raise InputError."""
-    if type(task) is ObjectsTask:
-        rows = _objects_rows(scenes, generator)
-    elif type(task) is RelationsTask:
-        rows = _relations_rows(scenes, generator, task.margin, task.omit_prob)
-    elif type(task) is AttributesTask:
-        rows = _attributes_rows(scenes, generator)
-    elif type(task) is DescribedTask:
-        rows = _described_rows(scenes, generator, task.omit_prob)
-    else:
-        raise InputError(f"task {task.name!r} has no batched labels on the device; built-in "
-                         f"tasks only ({ObjectsTask.name}, {RelationsTask.name}, "
-                         f"{AttributesTask.name}, {DescribedTask.name}): use WorldDataset.batch(indices)")
+    ``task.sample_concept``'s probabilities by the task's own hook ``task.sample_rows``."""
+    rows = task.sample_rows(scenes, generator)
+    B = scenes.valid.shape[0]
+    if tuple(rows.shape) != (B, task.row_dim):
+        raise ValueError(f"{type(task).__name__}.sample_rows gave rows of shape {tuple(rows.shape)}, "
+                         f"expected ({B}, {task.row_dim})")
     return rows.to(task.dtype)
 
 
@@ -336,4 +261,5 @@ def label_batch(task: Task, scenes: SceneBatch, generator: torch.Generator,
 
 
 __all__ = ["SceneBatch", "TRIES", "FIRST_TRIES", "make_generator", "sample_scene_batch",
-           "scenes_from_tensors", "pack_batch", "render_batch", "label_rows", "label_batch"]
+           "scenes_from_tensors", "pack_batch", "render_batch", "uniform_choice", "label_rows",
+           "label_batch"]

@@ -42,8 +42,9 @@ whole ``Sample`` batch with the torch path of world/batch.py (scenes, labels,
 null dropout and renders as tensors on ``device``): the same distributions as
 ``batch``, respecting ``max_objects``, but a function of the generator, not of
 indices. ``step_generator(step, rank, device)`` makes that generator from
-``(seed, step, rank)``, so a resumed run draws the same batches. Built-in tasks,
-``joint=False`` only.
+``(seed, step, rank)``, so a resumed run draws the same batches. Labels come from the
+task's ``sample_rows`` hook (a tensor kernel for the built-in tasks, a generic host path
+for any other), ``joint=False`` only.
 """
 from __future__ import annotations
 
@@ -216,9 +217,8 @@ class WorldDataset(Dataset):
 
         Same distributions as ``batch(indices)`` (scenes within ``max_objects``, one
         true concept per scene, null rows with probability ``null_prob``), not the same
-        samples. ``generator`` must be on ``device`` (an int seeds a new one). Joint
-        datasets and tasks other than the built-in ones have the Python path only:
-        InputError.
+        samples. ``generator`` must be on ``device`` (an int seeds a new one). Labels are
+        the task's ``sample_rows``. Joint datasets have the Python path only: InputError.
         """
         if self.joint:
             raise InputError("device_batch draws one concept per image; a joint dataset "

@@ -17,11 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from compdiff.world.batch import SceneBatch
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
 from compdiff.world.tasks.base import Task, parse_error
 
 VOCAB = SHAPES + COLORS + SIZES + MATERIALS
+#: where each attribute kind's words start in VOCAB (1-based rows add 1), in the order of
+#: SceneBatch's attribute fields (shape, color, size, material)
+_VOCAB_START = tuple(VOCAB.index(v[0]) for v in (SHAPES, COLORS, SIZES, MATERIALS))
+assert all(VOCAB[i:i + len(v)] == v for i, v in zip(_VOCAB_START, (SHAPES, COLORS, SIZES, MATERIALS))), \
+    "VOCAB layout"
 _KIND_VOCAB = {"shape": SHAPES, "color": COLORS, "size": SIZES, "material": MATERIALS}
 KIND = {w: kind for kind, words in _KIND_VOCAB.items() for w in words}
 #: CLEVR's questions use these words too (its synonyms.json); each names one VOCAB value.
@@ -88,6 +96,12 @@ class AttributesTask(Task[Attribute]):
     def sample_concept(self, scene: Scene, rng: np.random.Generator) -> Attribute:
         c = self.true_concepts(scene)
         return c[int(rng.integers(len(c)))]
+
+    def sample_rows(self, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
+        """(B, 1) int64 VOCAB index + 1 of a uniform one of the main object's four attributes."""
+        words = torch.stack([t[:, 0] + i + 1 for t, i in zip(scenes[:4], _VOCAB_START)], 1)  # (B, 4)
+        kind = torch.randint(0, 4, (scenes.valid.shape[0], 1), generator=generator, device=generator.device)
+        return words.gather(1, kind)
 
     def max_true(self, max_objects: int | None = None) -> int:
         return 4

@@ -4,9 +4,10 @@ A task is a concept language over scenes: a concept type with a text form
 (``parse``/``format``) and a tensor form (``to_tensor``/``from_tensor``, a
 fixed row shape ``(D,)`` and dtype, the null row for "no condition"), the
 ground-truth predicate ``holds(concept, scene)``, and the labels used for
-training (``sample_concept``: one true concept) and evaluation
-(``true_concepts``: the full set). Everything the model, the evaluation and
-the CLI ask of a task is declared here, so a new task is one subclass plus
+training (``sample_concept``: one true concept; ``sample_rows``: the same for a
+whole batch of tensor scenes, world/batch.py) and evaluation (``true_concepts``:
+the full set). Everything the model, the data, the evaluation and the CLI ask
+of a task is declared here, so a new task is one subclass plus
 ``register_task`` (see __init__.py); a subclass that leaves out a required
 hook fails when it is instantiated, not deep inside a run.
 """
@@ -20,15 +21,18 @@ import torch
 from torch import Tensor
 
 from compdiff.errors import ParseError
+from compdiff.world.batch import SceneBatch, scenes_from_tensors
 from compdiff.world.scene import Scene, scene_at
 
 if TYPE_CHECKING:
-    from compdiff.eval.concept_sets import ConceptSet
+    from compdiff.world.concept_sets import ConceptSet
 
 C = TypeVar("C")
 
 #: perturbations ``false_concept`` tries before giving up
 FALSE_TRIES = 50
+#: the hooks that draw a training label: a subclass redefining one gets the generic sample_rows
+_LABEL_HOOKS = ("sample_concept", "leave_out_words")
 
 
 def parse_error(text: str, start: int, what: str, accepted: str) -> ParseError:
@@ -57,6 +61,14 @@ class Task(ABC, Generic[C]):
     max_objects: int = 5
     row_dim: int = 1
     dtype: torch.dtype = torch.int64
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Batched labels must follow the Python ones. A subclass that draws its labels its own
+        # way (its own sample_concept or leave_out_words) without its own sample_rows gets the
+        # generic sample_rows below, not a parent's tensor kernel that draws the parent's labels.
+        if "sample_rows" not in vars(cls) and any(m in vars(cls) for m in _LABEL_HOOKS):
+            cls.sample_rows = Task.sample_rows
 
     # --- identity -----------------------------------------------------------
     @property
@@ -96,6 +108,21 @@ class Task(ABC, Generic[C]):
     @abstractmethod
     def sample_concept(self, scene: Scene, rng: np.random.Generator) -> C:
         """One true concept of ``scene``: the training label."""
+
+    def sample_rows(self, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
+        """(B, D) condition rows: one true concept per scene of ``scenes`` (B tensor scenes,
+        world/batch.py), drawn from ``generator`` with ``sample_concept``'s probabilities; the
+        labels of ``WorldDataset.device_batch`` (training on the device).
+
+        This default is right for every task: it copies the scenes to the host, seeds one numpy
+        generator from ``generator`` and calls ``sample_concept`` per scene. A built-in task
+        overrides it with a tensor kernel that stays on the device (the same distribution, not
+        the same stream); a subclass that redefines ``sample_concept`` or ``leave_out_words``
+        without ``sample_rows`` falls back to this default (``__init_subclass__``)."""
+        seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+        rng = np.random.default_rng(int(seed.item()))
+        concepts = [self.sample_concept(scene, rng) for scene in scenes_from_tensors(scenes)]
+        return self.to_tensor(concepts).to(generator.device)
 
     @abstractmethod
     def max_true(self, max_objects: int | None = None) -> int:

@@ -38,7 +38,10 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from compdiff.world.batch import SceneBatch, uniform_choice
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Scene
 from compdiff.world.tasks.attributes import with_synonyms
 from compdiff.world.tasks.base import Task, parse_error
@@ -101,6 +104,19 @@ class DescribedTask(Task[Desc]):
                 break
         return Desc(**{n: getattr(full, n) if k else None for n, k in zip(_NAMES, keep)})
 
+    def sample_rows(self, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
+        """(B, 4) int64 rows [shape, color, size, material] (index + 1) of a uniform object of each
+        scene, times a draw of the kept words (0 = omitted) among the 15 patterns that keep at least
+        one, each with its probability under independent omission with ``omit_prob``, on the device."""
+        s, gen = scenes, generator
+        B = s.valid.shape[0]
+        j = uniform_choice(s.valid, gen)[:, None]
+        words = torch.cat([t.gather(1, j) for t in s[:4]], 1) + 1               # (B, 4)
+        bits, cdf = _keep_patterns(4, self.omit_prob, gen.device)
+        u = torch.rand(B, generator=gen, device=gen.device)
+        pick = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)  # inverse CDF
+        return words * bits[pick]
+
     def max_true(self, max_objects: int | None = None) -> int:
         return max_objects or self.max_objects
 
@@ -135,3 +151,14 @@ class DescribedTask(Task[Desc]):
         return _row_desc(vals)
 
 
+def _keep_patterns(n_words: int, omit_prob: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every pattern of kept words but keep-none, (P, n_words) bool (pattern i keeps word w where
+    bit w of i + 1 is set), and the cumulative probabilities (P,) float32 of drawing each: every
+    word kept with prob. 1 - omit_prob, independently, conditioned on keeping at least one (the
+    redraw of ``leave_out_words``). The probabilities are computed on the host in float64."""
+    patterns = range(1, 2**n_words)
+    p = [float(np.prod([1.0 - omit_prob if i >> w & 1 else omit_prob for w in range(n_words)])) for i in patterns]
+    cdf = np.cumsum(p) / sum(p)
+    bits = [[bool(i >> w & 1) for w in range(n_words)] for i in patterns]
+    return (torch.tensor(bits, dtype=torch.bool, device=device),
+            torch.tensor(cdf, dtype=torch.float32, device=device))

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from compdiff.world.batch import SceneBatch, uniform_choice
 from compdiff.world.scene import Scene
 from compdiff.world.tasks.base import Task, parse_error
 
 if TYPE_CHECKING:
-    from compdiff.eval.concept_sets import ConceptSet
+    from compdiff.world.concept_sets import ConceptSet
 
 RADIUS = 0.08
 
@@ -88,6 +90,11 @@ class ObjectsTask(Task[Position]):
     def sample_concept(self, scene: Scene, rng: np.random.Generator) -> Position:
         o = scene.objects[int(rng.integers(len(scene.objects)))]
         return Position(o.x, o.y)
+
+    def sample_rows(self, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
+        """(B, 3) float32 [x, y, 1] of a uniform object of each scene, on the device."""
+        j = uniform_choice(scenes.valid, generator)[:, None]
+        return torch.cat([scenes.x.gather(1, j), scenes.y.gather(1, j), torch.ones_like(scenes.x[:, :1])], 1)
 
     def max_true(self, max_objects: int | None = None) -> int:
         return max_objects or self.max_objects

@@ -32,8 +32,11 @@ from itertools import permutations
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from compdiff.errors import ParseError
+from compdiff.world.batch import SceneBatch, uniform_choice
 from compdiff.world.scene import COLORS, MATERIALS, SHAPES, SIZES, Obj, Scene
 from compdiff.world.tasks.attributes import SYNONYMS, canonical, with_synonyms
 from compdiff.world.tasks.base import Task, parse_error
@@ -248,6 +251,29 @@ class RelationsTask(Task[Relation]):
         if not full:
             raise ValueError("scene has no true relation")
         return self.leave_out_words(full[int(rng.integers(len(full)))], rng)
+
+    def sample_rows(self, scenes: SceneBatch, generator: torch.Generator) -> Tensor:
+        """(B, 9) int64 rows: a uniform (a, b, relation) among all true ones of each scene, then
+        each of the 8 attribute words dropped (0 = any) with ``omit_prob``, on the device.
+        Row: [shape1, color1, size1, material1, rel, shape2, ...], value = index + 1."""
+        s, gen, margin = scenes, generator, self.margin
+        B, K = s.valid.shape
+        xa, xb, ya, yb = s.x[:, :, None], s.x[:, None, :], s.y[:, :, None], s.y[:, None, :]
+        # relation_holds, written the same way; (B, K, K): first object a, second b
+        holds = {"left of": xa < xb - margin, "right of": xa > xb + margin,
+                 "in front of": ya > yb + margin, "behind": ya < yb - margin}
+        true = torch.stack([holds[r] for r in RELATIONS], -1)            # (B, K, K, n_rel)
+        distinct = ~torch.eye(K, dtype=torch.bool, device=s.valid.device)
+        pair = s.valid[:, :, None] & s.valid[:, None, :] & distinct      # (B, K, K)
+        pick = uniform_choice((true & pair[..., None]).flatten(1), gen)
+        n_rel = len(RELATIONS)
+        a, b, rel = pick // (K * n_rel), pick // n_rel % K, pick % n_rel
+        desc = torch.stack([s.shape, s.color, s.size, s.material], -1) + 1   # (B, K, 4)
+        first = desc.gather(1, a.view(B, 1, 1).expand(B, 1, 4))[:, 0]
+        second = desc.gather(1, b.view(B, 1, 1).expand(B, 1, 4))[:, 0]
+        keep = torch.rand(B, 8, generator=gen, device=gen.device) >= self.omit_prob
+        words = torch.cat([first, second], 1) * keep
+        return torch.cat([words[:, :4], rel[:, None] + 1, words[:, 4:]], 1)
 
     def leave_out_words(self, c: Relation, rng: np.random.Generator) -> Relation:
         """``c`` with each of its 8 attribute words left out with prob ``omit_prob`` (one draw

@@ -1,4 +1,8 @@
-"""compdiff serve: a local web page to compose concepts and generate images (Gradio)."""
+"""compdiff serve: a local web page to compose concepts and generate images (Gradio).
+
+The web app's own sub-command (``add_parser`` / ``run``, as every compdiff.cli module has):
+compdiff.__main__ adds it to the ``compdiff`` command, so the CLI never imports the web app nor the
+web app the CLI. Bad input is an InputError (exit 2), as in the CLI."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,9 @@ import ipaddress
 import sys
 import time
 
-from compdiff.web.core import Limits
+from compdiff.devices import pick_device
+from compdiff.errors import InputError
+from compdiff.web.validate import Limits
 
 DEFAULTS = Limits()
 
@@ -68,6 +74,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"most concepts in an expression (default {DEFAULTS.max_concepts})")
     g.add_argument("--max-length", type=_int_at_least(1), default=DEFAULTS.max_length,
                    help=f"most characters in an expression (default {DEFAULTS.max_length})")
+    g.add_argument("--max-candidates", type=_int_at_least(1), default=DEFAULTS.max_candidates,
+                   help=f"most candidates per image under Selection (default {DEFAULTS.max_candidates}; each "
+                   "costs one more sample)")
     g.add_argument("--queue-size", type=_int_at_least(1), default=DEFAULTS.queue_size,
                    help=f"most generations waiting; beyond it the page says busy, try again "
                    f"(default {DEFAULTS.queue_size}; one runs at a time)")
@@ -84,12 +93,10 @@ def _loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compdiff.cli import UsageError
-    from compdiff.cli.sample import pick_device
-    from compdiff.web.core import ModelStore
+    from compdiff.web.store import ModelStore
 
     limits = Limits(max_n=args.max_n, max_steps=args.max_steps, max_concepts=args.max_concepts,
-                    max_length=args.max_length, queue_size=args.queue_size)
+                    max_length=args.max_length, queue_size=args.queue_size, max_candidates=args.max_candidates)
     try:
         from compdiff.web.app import build_app, launch
     except ImportError as err:
@@ -97,17 +104,21 @@ def run(args: argparse.Namespace) -> int:
             from None
     device = pick_device(args.device)
     if args.no_shipped and not args.model:
-        raise UsageError("--no-shipped needs at least one --model")
+        raise InputError("--no-shipped needs at least one --model")
     store = ModelStore(args.model, shipped=not args.no_shipped, device=device,
                        device_flag=None if args.device == "auto" else args.device)
-    print(f"compdiff serve: loading {', '.join(store.names())} ...", file=sys.stderr, flush=True)
-    store.load_all()  # weights load once per server, here, not per click
+    # weights load once per server, here, not per click; said once loaded, so that a model that fails
+    # to load is the FIRST line on stderr (compdiff: error: ...), never after a "loading ..." line
+    t0 = time.perf_counter()
+    store.load_all()
+    print(f"compdiff serve: loaded {', '.join(store.names())} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr,
+          flush=True)
     demo = build_app(store, limits)
     try:
         url = launch(demo, limits, host=args.host, port=args.port)
     except OSError as err:
         why = "" if "Cannot find empty port" in str(err) else f" ({err})"
-        raise UsageError(f"cannot serve on {args.host}:{args.port}{why}: the port is in use or cannot be bound "
+        raise InputError(f"cannot serve on {args.host}:{args.port}{why}: the port is in use or cannot be bound "
                          "there; pick another with --port") from None
     if not _loopback(args.host):
         print(f"compdiff serve: warning: bound to {args.host}, reachable from other machines; there is no "
