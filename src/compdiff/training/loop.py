@@ -7,29 +7,35 @@ timesteps, the null dropout — so ``--resume`` continues bit-exactly from a che
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
-import shutil
+import re
 import signal
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, ContextManager, NamedTuple
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
-from compdiff.atomic import write_json
+from compdiff.atomic import folder_problem, remove_written, write_json
 from compdiff.progress import progress_bar
 from compdiff.errors import InputError
+from compdiff.precision import PrecisionChoice, resolve
 from compdiff.models import save_model
 from compdiff.schedule import make_schedule
 from compdiff.training.loss import WEIGHTINGS, DiffusionLoss
 from compdiff.nn import ConditionalUNet, ModelConfig
 from compdiff.nn.unet import PREDICTIONS
-from compdiff.training.checkpoint import (CKPT_DIR, RUN_LAYOUT, clear_folder, describe, latest_checkpoint,
-                                         load_checkpoint, recover_dir, replace_dir, save_checkpoint, tmp_dir_for,
+from compdiff.training.checkpoint import (CHECKPOINT_LAYOUT, CKPT_DIR, MODEL_LAYOUT, RUN_LAYOUT, STEP, ResumePoint,
+                                         checkpoint_step, clear_folder, describe, recover_dir, remove_leftovers,
+                                         replace_dir, resume_checkpoint, save_checkpoint, tmp_dir_for,
                                          unknown_entries)
 from compdiff.world import WorldDataset, get_task
 from compdiff.world.dataset import check_max_objects, check_omit_prob
@@ -182,6 +188,8 @@ def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool = Fal
 
 
 def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists native bf16 (avx512_bf16, amx_bf16). Printed by bench/bf16_conv.py
+    for reference only: --precision auto decides by timing (compdiff.precision), never by flags."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -224,10 +232,18 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run needs --resume (same config) or --overwrite; a folder that
     is not a run (or a run holding files compdiff did not write) is never replaced. Writes nothing."""
+    from compdiff.expr.display import excerpt
+
+    if not str(cfg.out).strip():
+        raise InputError("--out is empty: name the run folder (e.g. runs/objects32); compdiff never trains into "
+                         "the current folder by default")
     out = Path(cfg.out)
     run_file = out / RUN_FILE
     if os.path.lexists(out) and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
+    problem = folder_problem(out)
+    if problem:
+        raise InputError(f"--out {excerpt(str(out), 80)}: {problem}")
     if resume:
         if not run_file.is_file():
             raise InputError(f"--resume: {out} holds no run to resume (no {RUN_FILE})")
@@ -242,6 +258,11 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
                   and old.get(k, default[k]) != mine[k]]
         if differ:
             raise InputError(f"--resume: the run in {out} was started with other settings ({', '.join(differ)})")
+        inside = _foreign_inside(out)
+        if inside:
+            raise InputError(f"--resume: {describe(inside)} in {out}: compdiff did not write it, and resuming "
+                             "replaces or deletes the folder it is in; move it away (compdiff deletes only what "
+                             "it wrote)")
         return
     if not out.exists() or not any(out.iterdir()):
         return
@@ -262,38 +283,64 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
                          "another --out")
 
 
+def _foreign_inside(out: Path) -> list[str]:
+    """What compdiff did not write inside the folders a resumed run replaces or deletes: model/,
+    snapshots/step-N/ and checkpoints/step-N/ (paths relative to ``out``). Entries of other names
+    beside them are the user's and are left alone."""
+    found = []
+    for rel, layout in (("model", MODEL_LAYOUT),):
+        if (out / rel).is_dir() and not (out / rel).is_symlink():
+            found += [f"{rel}/{p}" for p in unknown_entries(out / rel, layout)]
+    for rel, layout in (("snapshots", MODEL_LAYOUT), (CKPT_DIR, CHECKPOINT_LAYOUT)):
+        folder = out / rel
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if checkpoint_step(entry.name) is not None and entry.is_dir(follow_symlinks=False):
+                found += [f"{rel}/{entry.name}/{p}" for p in unknown_entries(Path(entry.path), layout)]
+    return found
+
+
 def _clean_after_kill(out: Path) -> None:
     """On resume: put back a model folder whose replacement was killed half-way, remove the
-    half-written folders (``*.tmp-<pid>``) of killed processes."""
-    recover_dir(out / "model")
-    if (out / "model.tmp").is_dir() and (out / "model").is_dir():  # older compdiff versions' temporary name
-        shutil.rmtree(out / "model.tmp", ignore_errors=True)
+    half-written folders (``NAME.tmp-<pid>``) of killed processes: exact names only, and in them
+    only the files compdiff writes."""
+    recover_dir(out / "model", MODEL_LAYOUT)
     snapshots = out / "snapshots"
-    if snapshots.is_dir():
+    if snapshots.is_dir() and not snapshots.is_symlink():
         for p in list(snapshots.iterdir()):
-            if ".tmp-" in p.name or ".old-" in p.name:
-                recover_dir(snapshots / p.name.split(".", 1)[0])
+            m = re.fullmatch(rf"({STEP})\.(?:tmp|old)-\d+", p.name)
+            if m:
+                recover_dir(snapshots / m.group(1), MODEL_LAYOUT)
     ckpts = out / CKPT_DIR
-    if ckpts.is_dir():
-        for p in ckpts.glob("*.tmp-*"):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.is_file():
-                p.unlink(missing_ok=True)
+    if ckpts.is_dir() and not ckpts.is_symlink():
+        remove_leftovers(ckpts)
+
+
+def _expected_shapes(cfg: TrainConfig) -> dict[str, Any]:
+    """The shapes a checkpoint of this run holds (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        net = ConditionalUNet(cfg.model_config())
+    sd = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    return {"model": sd, "ema": sd, "params": [tuple(p.shape) for p in net.parameters()]}
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train (or continue) the run in cfg.out; export the EMA model to cfg.out/model."""
     cfg.validate()
     prepare_run_dir(cfg, resume, overwrite)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (torch.cuda.is_available() or cpu_has_bf16()))
-    acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    # the checkpoint to continue from, loaded and checked before anything is written
+    point: ResumePoint | None = resume_checkpoint(Path(cfg.out), _expected_shapes(cfg)) if resume else None
+    # mixed precision is our own autocast (below), chosen by timing once the network exists
+    acc = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
     if acc.is_main_process:
+        if point is not None and point.note:
+            print(f"compdiff train: {point.note}", file=sys.stderr, flush=True)
         if resume:
             _clean_after_kill(out)
         elif overwrite and out.is_dir():
-            clear_folder(out)  # prepare_run_dir checked that compdiff wrote all of it
+            clear_folder(out, RUN_LAYOUT)  # prepare_run_dir checked that compdiff wrote all of it
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_FILE, asdict(cfg))
     acc.wait_for_everyone()
@@ -305,24 +352,30 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt)
+    ckpt = point.path if point is not None else None
+    if point is not None:
+        state = point.state
         net.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         start = state["step"]
         if acc.is_main_process:
             _truncate_metrics(out / "metrics.jsonl", start)
-    net, opt = acc.prepare(net, opt)
-    if ckpt is not None:  # after prepare: torch puts the state beside the (moved) parameters
-        opt.load_state_dict(state["optimizer"])
-    ema.to(acc.device)
     loss_fn = DiffusionLoss(make_schedule(cfg.schedule), cfg.prediction, cfg.loss_weighting)
     world, rank = acc.num_processes, acc.process_index
     data = WorldDataset(cfg.task, cfg.resolution, cfg.seed, null_prob=cfg.null_prob,
                         length=(cfg.steps + 1) * cfg.batch_size * world, joint=cfg.joint,
                         max_objects=cfg.max_objects, joint_subsets=cfg.joint_subsets, omit_prob=cfg.omit_prob,
                         hold_out=get_split(cfg.task, cfg.hold_out) if cfg.hold_out else None)
+    choice = _choose_precision(cfg, acc, net, loss_fn, data)
+    autocast = partial(torch.autocast, acc.device.type, dtype=torch.bfloat16, enabled=choice.bf16)
+    net, opt = acc.prepare(net, opt)
+    if ckpt is not None:  # after prepare: torch puts the state beside the (moved) parameters
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise InputError(f"{ckpt / 'optimizer.safetensors'} does not fit the run's optimizer "
+                             f"({str(err).splitlines()[0][:200]})") from None
+    ema.to(acc.device)
 
     stop = _Stop()
     bar = progress_bar(cfg.steps, f"train {cfg.task}", "step", disable=not (progress and acc.is_main_process),
@@ -332,7 +385,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     batches = _batch_loader(data, cfg, start, rank, world, acc.device)
     try:
         for step in range(start, cfg.steps):
-            loss = _train_step(cfg, net, opt, acc, next(batches), loss_fn, step, rank)
+            loss = _train_step(cfg, net, opt, acc, next(batches), loss_fn, step, rank, autocast)
             _ema_update(ema, acc.unwrap_model(net), min(cfg.ema_decay, (1 + step) / (10 + step)))
             seen += cfg.batch_size * world
             done = step + 1
@@ -345,7 +398,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.signum is not None:
                 _checkpoint(cfg, acc, net, ema, opt, done)
             if cfg.snapshot_every and done % cfg.snapshot_every == 0 and acc.is_main_process:
-                _export(cfg, ema, out / "snapshots" / f"step-{done:07d}", done, world)
+                _export(cfg, ema, out / "snapshots" / f"step-{done:07d}", done, world, choice)
             if stop.signum is not None:
                 break
     finally:
@@ -356,18 +409,63 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             log.close()
     model_dir = out / "model"
     if acc.is_main_process:
-        _export(cfg, ema, model_dir, done, world)
+        _export(cfg, ema, model_dir, done, world, choice)
         _loss_plot(out)
     acc.wait_for_everyone()
     signame = signal.Signals(stop.signum).name if stop.signum is not None else None
     return TrainResult(model_dir, done, signame)
 
 
+#: rows of the timed step of --precision auto: the real batch's first rows (a second or two on a CPU)
+PRECISION_PROBE_ROWS = 16
+
+
+def _choose_precision(cfg: TrainConfig, acc: Accelerator, net: ConditionalUNet, loss_fn: DiffusionLoss,
+                      data: WorldDataset) -> PrecisionChoice:
+    """bf16 autocast or float32 for the run (compdiff.precision): as asked, or (auto) by timing a
+    forward and backward of a copy of the network on the first rows of step 0's batch, in the main
+    process; every process then runs what the main process chose. The timing draws from no random
+    stream the run uses (a copy of the network, a generator of its own), so a run under auto is
+    bit-identical to the same run under the precision auto chose."""
+    def step(bf16: bool) -> None:
+        probe.zero_grad(set_to_none=True)
+        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = probe(x_t, t, cond)
+        pred.float().square().mean().backward()
+
+    choice = None
+    if acc.is_main_process:
+        probe = copy.deepcopy(net).to(acc.device)
+        images, cond, _ = next(_batch_loader(data, replace(cfg, data_workers=0), 0, 0, 1, acc.device))
+        rows = min(PRECISION_PROBE_ROWS, images.shape[0])
+        g = torch.Generator().manual_seed(0)
+        t = torch.randint(0, loss_fn.schedule.T, (rows,), generator=g).to(acc.device)
+        images, cond = images[:rows].to(acc.device), cond[:rows].to(acc.device)
+        x_t = loss_fn.schedule.add_noise(images, torch.randn(images.shape, generator=g).to(acc.device), t)
+        choice = resolve(cfg.precision, acc.device, step)
+        del probe
+        if choice.reason == "measured":  # an explicit --precision is not news
+            print(f"compdiff train: {choice.describe()}", file=sys.stderr, flush=True)
+    if acc.num_processes > 1:
+        choice = broadcast_object_list([choice])[0]
+    return choice
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop log lines written after the checkpoint we continue from."""
     if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        keep = [ln for ln in path.read_text(errors="replace").splitlines() if _logged_step(ln) <= step]
         path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line that is not one (a kill -9 half-way
+    through a write): it is dropped."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -407,7 +505,8 @@ def _batch_loader(data: WorldDataset, cfg: TrainConfig, start: int, rank: int, w
                                             prefetch_factor=4, worker_init_fn=_ignore_stop_signals))
 
 
-def _train_step(cfg, net, opt, acc, batch, loss_fn: DiffusionLoss, step: int, rank: int) -> float:
+def _train_step(cfg, net, opt, acc, batch, loss_fn: DiffusionLoss, step: int, rank: int,
+                autocast: Callable[[], ContextManager]) -> float:
     B = cfg.batch_size
     images, cond, _ = batch
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
@@ -419,7 +518,7 @@ def _train_step(cfg, net, opt, acc, batch, loss_fn: DiffusionLoss, step: int, ra
     images, cond, t, noise = (v.to(acc.device) for v in (images, cond, t, noise))
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, step)
-    loss = loss_fn(net, images, t, cond, noise, acc.autocast)
+    loss = loss_fn(net, images, t, cond, noise, autocast)
     opt.zero_grad(set_to_none=True)
     acc.backward(loss)
     acc.clip_grad_norm_(net.parameters(), 1.0)
@@ -442,14 +541,19 @@ def _checkpoint(cfg, acc, net, ema, opt, done: int) -> None:
     acc.wait_for_everyone()
 
 
-def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done: int, processes: int = 1) -> None:
+def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done: int, processes: int = 1,
+            choice: PrecisionChoice | None = None) -> None:
     """Write the EMA model as a loadable model directory, atomically: written whole beside it, then
     swapped in (``model_dir`` stays a complete model at every moment; see checkpoint.replace_dir)."""
     tmp = tmp_dir_for(model_dir)
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if tmp.exists():  # this process's own temporary name
+        remove_written(tmp, MODEL_LAYOUT)
     info = {"steps": steps_done, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "precision": cfg.precision, "processes": processes}  # each process draws batch_size images a step
+    if choice is not None:  # what ran, and (auto) the timing that chose it
+        info["precision_used"] = choice.name
+        if choice.reason == "measured":
+            info["precision_timing_ms"] = {"fp32": round(1e3 * choice.fp32_s, 2), "bf16": round(1e3 * choice.bf16_s, 2)}
     if cfg.max_objects is not None:
         info["max_objects"] = cfg.max_objects
     if cfg.hold_out is not None:
@@ -464,7 +568,7 @@ def _export(cfg: TrainConfig, ema: ConditionalUNet, model_dir: Path, steps_done:
     if cfg.joint:
         info["kmax"] = get_task(cfg.task).max_true()
     save_model(ema, tmp, cfg.schedule, info)
-    replace_dir(tmp, model_dir)
+    replace_dir(tmp, model_dir, MODEL_LAYOUT)
 
 
 def _loss_plot(out: Path) -> None:
