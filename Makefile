@@ -20,10 +20,13 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 DEMO_EXPR := "0.30,0.30" AND "0.70,0.70" AND NOT "0.70,0.30"
+# demo.png: the expression, a panel of the asked positions (rings: AND, cross: NOT), the 8 samples.
+# Selection doubles the sampling time: make demo DEMO_SELECT="--select lift --candidates 2"
+DEMO_SELECT ?=
 
 demo: $(STAMP)
 	$(VENV)/bin/compdiff explain '$(DEMO_EXPR)' --guidance-scale 3
-	$(VENV)/bin/compdiff sample '$(DEMO_EXPR)' --n 8 --seed 0 --out demo.png
+	$(VENV)/bin/compdiff sample '$(DEMO_EXPR)' --n 8 --seed 0 --annotate $(DEMO_SELECT) --out demo.png
 
 # the web page on http://127.0.0.1:7860 (more flags: make serve SERVE_ARGS="--port 8000 --model DIR")
 serve: $(STAMP)

@@ -146,6 +146,10 @@ more steps per candidate); 'cached-lift' reads the sampler's own predictions (no
                    "written whole or not at all (created if missing; files of the same name are replaced); with "
                    "--select, INDEX_seedSEED.json beside each (SEED: the requested seed + INDEX; the JSON's 'seed' "
                    "is the kept candidate's)")
+    p.add_argument("--annotate", action="store_true",
+                   help="--out grids: add a header (the expression as asked, the wanted and NOT concepts, the seeds) "
+                   "and, for the objects task, a 'what was asked' panel (a ring per AND position, a cross per NOT "
+                   "position); the images themselves stay the exact samples (compdiff.world.annotate)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -260,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--candidates needs --select lift or --select cached-lift")
     candidates = (DEFAULT_CANDIDATES if args.candidates is None else args.candidates) if args.select else 1
     out, out_dir = check_outputs(args)
+    if getattr(args, "annotate", False) and out_dir is not None:
+        raise UsageError("--annotate draws on the --out grid; --out-dir writes each image plain (drop one of them)")
     corrector = corrector_from(args)
     masks = read_masks(args.mask)
     expr = parse(args.expr, masks=masks)  # bad expressions (and a missing mask) fail before any model is loaded
@@ -329,7 +335,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         import numpy as np
 
-        write_grid_uint8(np.concatenate(tiles), out)
+        if getattr(args, "annotate", False):  # the same columns as the plain grid (and its JSON)
+            from compdiff.world.annotate import tile_labels, write_annotated
+
+            how = f"model {Path(m.name).name}, {run.plan.sampler or 'its scheduler'}, {run.plan.steps} steps"
+            write_annotated(np.concatenate(tiles), out, args.expr, clauses=clauses, task=m.task,
+                            labels=tile_labels(seeds, records), source=how, columns=min(8, args.n))
+        else:
+            write_grid_uint8(np.concatenate(tiles), out)
         if args.select:
             write_json(sidecar_name(out), {**_header(m, expr), "file": out.name, "columns": min(8, args.n),
                                            "images": records})
