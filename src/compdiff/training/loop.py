@@ -417,7 +417,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
 
 
 #: rows of the timed step of --precision auto: the real batch's first rows (a second or two on a CPU)
-PRECISION_PROBE_ROWS = 16
+PRECISION_PROBE_ROWS = 8
 
 
 def _choose_precision(cfg: TrainConfig, acc: Accelerator, net: ConditionalUNet, loss_fn: DiffusionLoss,
