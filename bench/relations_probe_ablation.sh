@@ -52,7 +52,7 @@ for name in names:
     if m.is_file():
         rows = [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
         done = rows[-1]["step"] if rows else 0
-        rate = f"{sum(r['images_per_s'] for r in rows[1:]) / max(1, len(rows) - 1):.1f}" if len(rows) > 1 else "-"
+        rate = f"{rows[-1]['images_per_s']:.1f}" if rows else "-"  # each row: the mean since the (re)start
         if done < int(steps):
             rate += f" (at step {done})"
     pj = Path("reports", run, "probe.json")
