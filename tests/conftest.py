@@ -33,3 +33,19 @@ def tiny_model(tmp_path_factory):
     cfg = TrainConfig(task="objects", out=str(out), resolution=16, batch_size=4, channels=(16, 32),
                       layers_per_block=1, precision="fp32", steps=1)
     return str(train(cfg, progress=False).model_dir)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Opening a model is a runtime error (exit 1): an exit 2 then proves the input was refused
+    before any model was opened. The list holds the arguments of every attempt."""
+    import compdiff.backends
+
+    opened = []
+
+    def refuse(*args, **kwargs):
+        opened.append(args)
+        raise RuntimeError("the model was opened")
+
+    monkeypatch.setattr(compdiff.backends, "open_model", refuse)
+    return opened

@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import compdiff.backends
 from compdiff.__main__ import main  # the whole command, serve included
 from compdiff.training import TrainConfig, train
 
@@ -53,19 +52,6 @@ def first_line_error(rc: int, err: str, needle: str, code: int = 2) -> str:
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under root with its bytes (None for a folder)."""
     return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Opening a model fails loudly (exit 1): exit 2 proves the input was refused first."""
-    opened = []
-
-    def refuse(*args, **kwargs):
-        opened.append(args)
-        raise RuntimeError("the model was opened")
-
-    monkeypatch.setattr(compdiff.backends, "open_model", refuse)
-    return opened
 
 
 @pytest.fixture(scope="module")

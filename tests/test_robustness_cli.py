@@ -52,19 +52,6 @@ def listing(folder: Path) -> list[str]:
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    """Opening a model is a runtime error (exit 1): exit 2 proves the input was refused first."""
-    opened = []
-
-    def refuse(*args, **kwargs):
-        opened.append(args)
-        raise RuntimeError("the model was opened")
-
-    monkeypatch.setattr(compdiff.backends, "open_model", refuse)
-    return opened
-
-
-@pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in an empty folder holding a directory named d.png and a file named f.txt."""
     monkeypatch.chdir(tmp_path)

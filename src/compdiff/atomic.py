@@ -256,6 +256,18 @@ def unknown_entries(folder: Path, layout: Layout, _prefix: str = "") -> list[str
     return unknown
 
 
+def remove_written_entry(entry: os.DirEntry, layout: Layout) -> None:
+    """Delete one entry of a folder if ``layout`` describes it (a file by exact name, a sub-folder by
+    :func:`remove_written`); anything else, and every link, stays."""
+    sub = _match(entry.name, layout)
+    if sub is False or entry.is_symlink():
+        return
+    if sub is None and entry.is_file(follow_symlinks=False):
+        os.unlink(entry.path)
+    elif sub is not None and entry.is_dir(follow_symlinks=False):
+        remove_written(Path(entry.path), sub)
+
+
 def remove_written(folder: Path, layout: Layout) -> bool:
     """Delete what ``layout`` describes in ``folder`` (files by exact name, sub-folders likewise),
     then ``folder`` itself once it is empty. Anything else (and every link) stays where it is.
@@ -264,13 +276,7 @@ def remove_written(folder: Path, layout: Layout) -> bool:
     if folder.is_symlink() or not folder.is_dir():
         return False
     for entry in list(os.scandir(folder)):
-        sub = _match(entry.name, layout)
-        if sub is False or entry.is_symlink():
-            continue
-        if sub is None and entry.is_file(follow_symlinks=False):
-            os.unlink(entry.path)
-        elif sub is not None and entry.is_dir(follow_symlinks=False):
-            remove_written(Path(entry.path), sub)
+        remove_written_entry(entry, layout)
     try:
         folder.rmdir()
     except OSError:  # something compdiff did not write is left in it

@@ -101,13 +101,6 @@ def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
     return parse
 
 
-def check_device(name: str) -> None:
-    """``cpu:N`` with N >= 1 refused (see compdiff.devices, shared with the web app)."""
-    from compdiff.devices import check_device as check
-
-    check(name)
-
-
 PRECISION_HELP = ("fp32 (default: the images are the same on every CPU), bf16 (autocast in a world model; "
                   "--bf16 says the same), or auto: time one model call of this run's batch each way and "
                   "keep bf16 only if at least 5%% faster (printed). bf16 is 50-90x slower on CPUs that "

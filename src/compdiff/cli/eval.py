@@ -244,10 +244,8 @@ def _device(name: str):  # noqa: ANN202
     each process the GPU of its local rank (else all would share the first)."""
     import torch
 
-    from compdiff.cli import check_device
-    from compdiff.cli.sample import pick_device
+    from compdiff.devices import pick_device
 
-    check_device(name)
     device = pick_device(name)
     if name == "auto" and device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from compdiff.cli import UsageError, int_in
+from compdiff.devices import pick_device
 
 MAX_DRAWS = 1000
 MAX_TIMES = 1000
@@ -77,22 +78,6 @@ def _times(text: str | None) -> list[float] | None:
     return [int(v) if v == int(v) and "." not in text else v for v in values]
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: torch sees no CUDA GPU here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: compdiff score runs on cpu or cuda")
-    return device
-
-
 def read_image(path: str):
     """(3, H, W) float32 in [-1, 1]; UsageError naming the file when Pillow cannot read it."""
     import numpy as np
@@ -140,7 +125,7 @@ def score_images(args: argparse.Namespace) -> dict:
         raise UsageError("the expression has no concept with a non-zero weight: nothing to score")
     times = _times(args.times)
     images = [read_image(p) for p in args.images]
-    model = open_model(args.model, device=_device(args.device), dtype=args.dtype)
+    model = open_model(args.model, device=pick_device(args.device), dtype=args.dtype)
     for path, image in zip(args.images, images):
         _check_size(path, image, model)
     sign = signs(expr, concepts)

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 
 # the directory swap lives in compdiff.atomic (model loading reads through it too); re-exported here
 from compdiff.atomic import (Layout, interrupted_dir, recover_dir, remove_stale, remove_written,  # noqa: F401
-                             replace_dir, tmp_dir_for, unknown_entries)
+                             remove_written_entry, replace_dir, tmp_dir_for, unknown_entries)
 from compdiff.errors import InputError
 
 CKPT_DIR = "checkpoints"
@@ -315,13 +315,7 @@ def clear_folder(folder: Path, layout: Layout | None = None) -> None:
 
     for entry in os.scandir(folder):
         if layout is not None:
-            sub = next((v for pat, v in layout.items() if re.fullmatch(pat, entry.name)), False)
-            if sub is False or entry.is_symlink():
-                continue
-            if sub is None and entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-            elif sub is not None and entry.is_dir(follow_symlinks=False):
-                remove_written(Path(entry.path), sub)
+            remove_written_entry(entry, layout)
         elif entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
         else:
